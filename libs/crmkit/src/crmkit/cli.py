@@ -1,0 +1,24 @@
+"""`python -m <service> serve|migrate`: the one entry point shape of every service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from crmkit import migrations
+from crmkit.config import ServiceSettings, load_settings
+from crmkit.logging import configure_logging
+from crmkit.service import ServiceDefinition, serve
+
+
+def main(defn: ServiceDefinition, settings_class: type[ServiceSettings]) -> None:
+    parser = argparse.ArgumentParser(prog=f"trellis_{defn.name}")
+    parser.add_argument("command", choices=["serve", "migrate"])
+    args = parser.parse_args()
+    settings = load_settings(settings_class)
+    if args.command == "serve":
+        asyncio.run(serve(defn, settings))
+        return
+    configure_logging(defn.name, settings.log_level)
+    url = settings.migration_database_url or settings.database_url
+    asyncio.run(migrations.migrate(url, defn.migrations(), settings.app_db_role))

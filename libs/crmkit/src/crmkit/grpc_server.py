@@ -1,0 +1,152 @@
+"""gRPC server pieces: the interceptor every service runs, and the server bootstrap.
+
+The interceptor verifies the gateway's identity token, enforces the RPC's declared scope,
+maps domain errors to rich statuses (never a stack trace), and records RED metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+import psycopg
+import psycopg_pool
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+from crmkit import auth, context, metrics
+from crmkit.common_options import required_scope_of
+from crmkit.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+PUBLIC_SERVICES = frozenset(
+    {
+        health.SERVICE_NAME,
+        reflection.SERVICE_NAME,
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Authenticate = Callable[[dict[str, str], str], Awaitable[context.Identity]]
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+def internal_token_authenticator(secret: str) -> Authenticate:
+    async def authenticate(md: dict[str, str], scope: str) -> context.Identity:
+        token = md.get(auth.METADATA_KEY)
+        if not token:
+            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "missing identity token")
+        try:
+            ident = auth.verify(token, secret)
+        except auth.InvalidToken:
+            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "invalid identity token") from None
+        return ident
+
+    return authenticate
+
+
+def _status_of(exc: BaseException) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
+        log.warning("database unavailable", extra={"error": type(exc).__name__})
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, "database unavailable, retry later")
+    log.error("unhandled error", exc_info=exc)
+    return ServiceError(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, authenticate: Authenticate) -> None:
+        self._authenticate = authenticate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        full_method: str = details.method  # type: ignore[attr-defined]
+        service, method = split_method(full_method)
+        if handler is None or handler.unary_unary is None or service in PUBLIC_SERVICES:
+            return handler
+        scope = required_scope_of(full_method)
+        inner: Behavior = handler.unary_unary
+        authenticate = self._authenticate
+
+        async def behavior(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            failure: ServiceError | None = None
+            try:
+                md = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
+                context.request_id.set(md.get("x-request-id"))
+                ident = await authenticate(md, scope)
+                if not ident.allows(scope):
+                    raise ServiceError(
+                        grpc.StatusCode.PERMISSION_DENIED, f"this call needs scope {scope}"
+                    )
+                context.identity.set(ident)
+                return await inner(request, ctx)
+            except grpc.aio.AbortError:
+                code = ctx.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception as exc:  # every failure leaves as a status, never a trace
+                failure = _status_of(exc)
+                code = failure.code
+            finally:
+                metrics.GRPC_REQUESTS.labels(service, method, code.name).inc()
+                metrics.GRPC_DURATION.labels(service, method).observe(
+                    time.perf_counter() - started
+                )
+            await ctx.abort_with_status(failure.to_status())
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def build_server(
+    authenticate: Authenticate, *, extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = ()
+) -> grpc.aio.Server:
+    tracing = aio_server_interceptor(
+        filter_=filters.negate(filters.service_name(health.SERVICE_NAME))
+    )
+    return grpc.aio.server(
+        interceptors=[tracing, ChassisInterceptor(authenticate), *extra_interceptors],
+        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+    )
+
+
+def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Iterable[str]
+) -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server, descriptor_pool.Default())
+    return servicer
+
+
+async def set_serving(
+    servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool
+) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *service_names):
+        await servicer.set(name, status)

@@ -1,0 +1,75 @@
+"""Input limits declared in the protos (`crm.common.v1.max_length` / `max_items`), enforced.
+
+The gateway checks a request before forwarding it and each service checks again, both with this
+one walker, so a bound lives only in the .proto file.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from crm.common.v1 import options_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+
+@cache
+def _limits(field: FieldDescriptor) -> tuple[int, int]:
+    """(max_length, max_items) of a field, 0 meaning unbounded; cached: reading options is slow."""
+    opts = field.GetOptions()
+    return int(opts.Extensions[options_pb2.max_length]), int(opts.Extensions[options_pb2.max_items])
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return (
+        field.type == FieldDescriptor.TYPE_MESSAGE
+        and field.message_type.GetOptions().map_entry
+    )
+
+
+def _walks_into(desc: Descriptor) -> bool:
+    # The well-known types (Value, Struct, Timestamp...) carry no limits of ours; Struct and
+    # Value can nest deeply, so skipping them keeps the walk proportional to our own fields.
+    return not desc.full_name.startswith("google.protobuf.")
+
+
+def _too_long(value: str, max_length: int) -> bool:
+    return max_length > 0 and len(value) > max_length  # len() counts characters, not bytes
+
+
+def check_limits(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
+    """Every (field_path, message) violating a max_length/max_items option in `msg`, recursively.
+
+    Paths use proto field names: "contact.emails[2]" for a repeated element and
+    "contact.custom_fields.tier" for a map entry. An empty list means the message is within bounds.
+    """
+    out: list[tuple[str, str]] = []
+    for field, value in msg.ListFields():
+        path = f"{prefix}{field.name}"
+        max_length, max_items = _limits(field)
+        if _is_map(field):
+            if max_items and len(value) > max_items:
+                out.append((path, f"at most {max_items} entries are allowed"))
+            value_field = field.message_type.fields_by_name["value"]
+            for key in value:
+                entry_path = f"{path}.{key}"
+                if isinstance(key, str) and _too_long(key, max_length):
+                    out.append((entry_path, f"key longer than {max_length} characters"))
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE and _walks_into(
+                    value_field.message_type
+                ):
+                    out.extend(check_limits(value[key], f"{entry_path}."))
+        elif field.is_repeated:
+            if max_items and len(value) > max_items:
+                out.append((path, f"at most {max_items} items are allowed"))
+            for i, item in enumerate(value):
+                if isinstance(item, str) and _too_long(item, max_length):
+                    out.append((f"{path}[{i}]", f"longer than {max_length} characters"))
+                elif isinstance(item, Message) and _walks_into(field.message_type):
+                    out.extend(check_limits(item, f"{path}[{i}]."))
+        elif isinstance(value, str):
+            if _too_long(value, max_length):
+                out.append((path, f"longer than {max_length} characters"))
+        elif isinstance(value, Message) and _walks_into(field.message_type):
+            out.extend(check_limits(value, f"{path}."))
+    return out

@@ -1,0 +1,95 @@
+"""Versioned SQL migrations, applied by `<service> migrate` under an advisory lock.
+
+Run as its own command (a Job or an init step), never at serve start, so replicas never race.
+The chassis's own files (outbox, inbox) come first, then the service's, each file in its own
+transaction, recorded in schema_migrations. Afterwards the service's app role is granted
+data access (but not ownership, so row-level security binds it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+_LOCK_KEY = 7_271_955_001  # any constant shared by all migrators of a database
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str  # "<namespace>/<file name>", e.g. "contacts/0001_init.sql"
+    sql: str
+
+
+def discover(service: str, service_dir: Path) -> list[Migration]:
+    chassis = resources.files("crmkit") / "migrations"
+    found = [
+        Migration(f"crmkit/{f.name}", f.read_text())
+        for f in sorted(chassis.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".sql")
+    ]
+    found += [
+        Migration(f"{service}/{f.name}", f.read_text())
+        for f in sorted(service_dir.glob("*.sql"))
+    ]
+    return found
+
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+async def migrate(url: str, migrations: list[Migration], app_role: str | None) -> list[str]:
+    """Apply what is pending; return the versions applied."""
+    applied: list[str] = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            await conn.execute(_CREATE_TABLE)
+            done = {r[0] for r in await (await conn.execute("SELECT version FROM schema_migrations")).fetchall()}
+            for m in migrations:
+                if m.version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(m.sql.encode())
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES (%s)", (m.version,)
+                    )
+                log.info("migration applied", extra={"version": m.version})
+                applied.append(m.version)
+            if app_role:
+                await _grant(conn, app_role)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied
+
+
+async def _grant(conn: psycopg.AsyncConnection[tuple[object, ...]], role: str) -> None:
+    r = sql.Identifier(role)
+    await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(r))
+    await conn.execute(
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(r)
+    )
+    await conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(r))
+    await conn.execute(
+        sql.SQL("REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM {}").format(r)
+    )
+
+
+async def pending(conn: psycopg.AsyncConnection[object], migrations: list[Migration]) -> list[str]:
+    """Versions not yet applied; the service reports NOT_SERVING until this is empty."""
+    try:
+        cur = await conn.execute("SELECT version FROM schema_migrations")
+    except psycopg.errors.UndefinedTable:
+        return [m.version for m in migrations]
+    done = {row[0] if isinstance(row, tuple) else row["version"] for row in await cur.fetchall()}  # type: ignore[call-overload]
+    return [m.version for m in migrations if m.version not in done]

