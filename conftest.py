@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from trellis_devstack.infra import Nats, Postgres
 
 

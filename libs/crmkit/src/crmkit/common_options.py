@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import cache
 
-from crm.common.v1 import options_pb2
 from google.protobuf import descriptor_pool
+
+from crm.common.v1 import options_pb2
 
 
 @cache

@@ -15,7 +15,10 @@ class Identity:
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        return not scope or scope in self.scopes or "admin" in self.scopes
+        # A tenant's "admin" covers every scope of its own tenant, never the platform's.
+        if not scope or scope in self.scopes:
+            return True
+        return "admin" in self.scopes and not scope.startswith("platform:")
 
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)

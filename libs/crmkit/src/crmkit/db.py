@@ -12,10 +12,11 @@ from psycopg_pool import AsyncConnectionPool
 from crmkit import metrics
 
 Conn = AsyncConnection[DictRow]
+Pool = AsyncConnectionPool[Conn]
 
 
-async def open_pool(url: str, *, name: str, min_size: int, max_size: int) -> AsyncConnectionPool:
-    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+async def open_pool(url: str, *, name: str, min_size: int, max_size: int) -> Pool:
+    pool: Pool = AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max(min_size, max_size),
@@ -30,7 +31,7 @@ async def open_pool(url: str, *, name: str, min_size: int, max_size: int) -> Asy
 
 
 @asynccontextmanager
-async def tenant_tx(pool: AsyncConnectionPool, tenant_id: str) -> AsyncIterator[Conn]:
+async def tenant_tx(pool: Pool, tenant_id: str) -> AsyncIterator[Conn]:
     """One transaction in which the RLS policies see only `tenant_id`'s rows.
 
     The setting is transaction-local (`set_config(..., true)`), so a pooled connection never
@@ -42,7 +43,7 @@ async def tenant_tx(pool: AsyncConnectionPool, tenant_id: str) -> AsyncIterator[
 
 
 @asynccontextmanager
-async def system_tx(pool: AsyncConnectionPool) -> AsyncIterator[Conn]:
+async def system_tx(pool: Pool) -> AsyncIterator[Conn]:
     """A transaction outside any tenant (outbox relay, inbox): RLS tables show nothing here."""
     async with pool.connection() as conn, conn.transaction():
         yield conn

@@ -39,9 +39,7 @@ class ServiceError(Exception):
             packed = any_pb2.Any()
             packed.Pack(bad)
             details.append(packed)
-        status = status_pb2.Status(
-            code=self.code.value[0], message=self.message, details=details
-        )
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
         return rpc_status.to_status(status)
 
 

@@ -66,22 +66,25 @@ def _status_of(exc: BaseException) -> ServiceError:
     return ServiceError(grpc.StatusCode.INTERNAL, "internal error")
 
 
-class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+class ChassisInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticate: Authenticate) -> None:
         self._authenticate = authenticate
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
-        full_method: str = details.method  # type: ignore[attr-defined]
+        full_method: str = details.method
         service, method = split_method(full_method)
         if handler is None or handler.unary_unary is None or service in PUBLIC_SERVICES:
             return handler
         scope = required_scope_of(full_method)
-        inner: Behavior = handler.unary_unary
+        inner: Behavior = handler.unary_unary  # type: ignore[assignment]
         authenticate = self._authenticate
 
         async def behavior(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -99,16 +102,14 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 context.identity.set(ident)
                 return await inner(request, ctx)
             except grpc.aio.AbortError:
-                code = ctx.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                code = ctx.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:  # every failure leaves as a status, never a trace
                 failure = _status_of(exc)
                 code = failure.code
             finally:
                 metrics.GRPC_REQUESTS.labels(service, method, code.name).inc()
-                metrics.GRPC_DURATION.labels(service, method).observe(
-                    time.perf_counter() - started
-                )
+                metrics.GRPC_DURATION.labels(service, method).observe(time.perf_counter() - started)
             await ctx.abort_with_status(failure.to_status())
 
         return grpc.unary_unary_rpc_method_handler(

@@ -7,11 +7,14 @@ base units, `_total` on counters (added by the client), `_seconds` on durations.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 from psycopg_pool import AsyncConnectionPool
+
+AnyPool = AsyncConnectionPool[Any]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -67,7 +70,7 @@ RATE_LIMITED = Counter(
 class PoolCollector(Collector):
     """Reads the psycopg pool's own statistics at scrape time."""
 
-    def __init__(self, pools: Callable[[], Iterable[tuple[str, AsyncConnectionPool]]]) -> None:
+    def __init__(self, pools: Callable[[], Iterable[tuple[str, AnyPool]]]) -> None:
         self._pools = pools
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -86,11 +89,11 @@ class PoolCollector(Collector):
         yield from (size, idle, waiting)
 
 
-_pools: dict[str, AsyncConnectionPool] = {}
+_pools: dict[str, AnyPool] = {}
 _collector_registered = False
 
 
-def track_pool(name: str, pool: AsyncConnectionPool) -> None:
+def track_pool(name: str, pool: AnyPool) -> None:
     global _collector_registered
     _pools[name] = pool
     if not _collector_registered:

