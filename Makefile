@@ -11,15 +11,23 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: run test lint fmt typecheck proto proto-lint proto-breaking bench setup clean
+.PHONY: run test lint fmt typecheck proto proto-lint proto-breaking bench setup system-tools clean
 
 ## run: start the whole platform locally (embedded PostgreSQL and NATS, all services, a demo tenant)
 run: setup
 	$(PY) -m trellis_devstack run
 
 ## test: lint, type-check, proto checks and the whole test suite against real PostgreSQL and NATS
-test: setup lint typecheck proto-lint
+test: setup system-tools lint typecheck proto-lint
 	$(PY) -m pytest -q
+
+# promtool (from Debian's prometheus package) checks metrics in the tests; installed here when
+# missing and we may (root), otherwise named in a clear message.
+system-tools:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "promtool is missing: install it (Debian/Ubuntu: sudo apt-get install prometheus)"; exit 1; fi; }
 
 setup: $(VENV)/.synced $(GEN)/.stamp
 

@@ -8,29 +8,28 @@ from __future__ import annotations
 
 from functools import cache
 
-from crm.common.v1 import options_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
+from crm.common.v1 import options_pb2
 
 
 @cache
-def _limits(field: FieldDescriptor) -> tuple[int, int]:
+def field_limits(field: FieldDescriptor) -> tuple[int, int]:
     """(max_length, max_items) of a field, 0 meaning unbounded; cached: reading options is slow."""
     opts = field.GetOptions()
     return int(opts.Extensions[options_pb2.max_length]), int(opts.Extensions[options_pb2.max_items])
 
 
-def _is_map(field: FieldDescriptor) -> bool:
-    return (
-        field.type == FieldDescriptor.TYPE_MESSAGE
-        and field.message_type.GetOptions().map_entry
-    )
+def is_map_field(field: FieldDescriptor) -> bool:
+    entry = field.message_type
+    return entry is not None and bool(entry.GetOptions().map_entry)
 
 
-def _walks_into(desc: Descriptor) -> bool:
+def _walks_into(msg: Message) -> bool:
     # The well-known types (Value, Struct, Timestamp...) carry no limits of ours; Struct and
     # Value can nest deeply, so skipping them keeps the walk proportional to our own fields.
-    return not desc.full_name.startswith("google.protobuf.")
+    return not msg.DESCRIPTOR.full_name.startswith("google.protobuf.")
 
 
 def _too_long(value: str, max_length: int) -> bool:
@@ -46,30 +45,27 @@ def check_limits(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for field, value in msg.ListFields():
         path = f"{prefix}{field.name}"
-        max_length, max_items = _limits(field)
-        if _is_map(field):
+        max_length, max_items = field_limits(field)
+        if is_map_field(field):
             if max_items and len(value) > max_items:
                 out.append((path, f"at most {max_items} entries are allowed"))
-            value_field = field.message_type.fields_by_name["value"]
-            for key in value:
+            for key, item in value.items():
                 entry_path = f"{path}.{key}"
                 if isinstance(key, str) and _too_long(key, max_length):
                     out.append((entry_path, f"key longer than {max_length} characters"))
-                if value_field.type == FieldDescriptor.TYPE_MESSAGE and _walks_into(
-                    value_field.message_type
-                ):
-                    out.extend(check_limits(value[key], f"{entry_path}."))
+                if isinstance(item, Message) and _walks_into(item):
+                    out.extend(check_limits(item, f"{entry_path}."))
         elif field.is_repeated:
             if max_items and len(value) > max_items:
                 out.append((path, f"at most {max_items} items are allowed"))
             for i, item in enumerate(value):
                 if isinstance(item, str) and _too_long(item, max_length):
                     out.append((f"{path}[{i}]", f"longer than {max_length} characters"))
-                elif isinstance(item, Message) and _walks_into(field.message_type):
+                elif isinstance(item, Message) and _walks_into(item):
                     out.extend(check_limits(item, f"{path}[{i}]."))
         elif isinstance(value, str):
             if _too_long(value, max_length):
                 out.append((path, f"longer than {max_length} characters"))
-        elif isinstance(value, Message) and _walks_into(field.message_type):
+        elif isinstance(value, Message) and _walks_into(value):
             out.extend(check_limits(value, f"{path}."))
     return out

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,7 +32,14 @@ from trellis_gateway.apikeys import KeyVerifier
 from trellis_gateway.dispatch import Dispatcher
 from trellis_gateway.problems import from_service_error, problem
 from trellis_gateway.ratelimit import Decision, RateLimiter
-from trellis_gateway.routes import RequestError, Route, RouteTable, build_request, message_to_json
+from trellis_gateway.routes import (
+    RequestError,
+    Route,
+    RouteTable,
+    build_request,
+    message_to_json,
+    success_status,
+)
 
 log = logging.getLogger("trellis_gateway.access")
 
@@ -115,9 +121,11 @@ class Gateway:
 
     async def api(self, request: Request) -> Response:
         rid: str = request.state.request_id
-        found = self.routes.match(request.method, request.url.path)
+        # Match on the raw path: an id may hold an encoded "/" or ":".
+        path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+        found = self.routes.match(request.method, path)
         if found is None:
-            allowed = self.routes.allowed_methods(request.url.path)
+            allowed = self.routes.allowed_methods(path)
             if allowed:
                 return problem(
                     405, f"use {', '.join(allowed)}", rid, headers={"Allow": ", ".join(allowed)}
@@ -274,13 +282,13 @@ def _apply_if_match(message: Message, if_match: str | None) -> None:
 
 
 def _render(route: Route, result: Message) -> Response:
-    if isinstance(result, empty_pb2.Empty):
+    status = success_status(route)
+    if status == 204:
         return Response(status_code=204)
     headers = {}
     etag = getattr(result, "etag", "") if "etag" in result.DESCRIPTOR.fields_by_name else ""
     if etag:
         headers["ETag"] = f'"{etag}"'
-    status = 201 if route.method.name.startswith("Create") else 200
     return JSONResponse(message_to_json(result), status_code=status, headers=headers)
 
 

@@ -1,0 +1,57 @@
+"""End-to-end fixtures: the real services as processes, over the session's PostgreSQL and NATS."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from tests.helpers import Platform, Tenant, new_tenant
+from trellis_devstack.infra import Nats, Postgres
+from trellis_devstack.stack import SERVICES, Ports, Stack
+
+
+@pytest.fixture(scope="session")
+def platform(
+    postgres: Postgres, nats_server: Nats, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    stack = Stack(
+        postgres=postgres,
+        nats_url=nats_server.url,
+        ports=Ports.free(),
+        internal_token_secret=uuid.uuid4().hex * 2,
+        bootstrap_key=uuid.uuid4().hex * 2,
+        db_prefix=f"e2e_{uuid.uuid4().hex[:6]}_",
+    )
+    stack.provision()
+    stack.migrate()
+    running = Platform(stack, tmp_path_factory.mktemp("logs"))
+    for name in SERVICES:
+        running.start(name)
+    try:
+        stack.wait_ready()
+    except TimeoutError:
+        for name in SERVICES:
+            print(f"--- {name} ---\n{running.log_text(name)}")
+        raise
+    yield running
+    for name in list(running.procs):
+        running.stop(name)
+
+
+@pytest.fixture
+def tenant(platform: Platform) -> Tenant:
+    return new_tenant(platform)
+
+
+@pytest.fixture
+def other_tenant(platform: Platform) -> Tenant:
+    return new_tenant(platform)
+
+
+@pytest.fixture
+async def api(tenant: Tenant) -> AsyncIterator[httpx.AsyncClient]:
+    async with tenant.client() as client:
+        yield client

@@ -1,0 +1,120 @@
+"""A write through the gateway becomes exactly one CloudEvent on NATS, in the request's trace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from tests.helpers import Platform, Tenant
+
+
+async def test_create_publishes_one_cloudevent_in_the_same_trace(
+    platform: Platform, tenant: Tenant
+) -> None:
+    nc = await nats.connect(platform.stack.nats_url)
+    try:
+        js = nc.jetstream()
+        subject = f"crm.events.{tenant.id}.contacts.contact.created"
+        sub = await js.subscribe(
+            subject,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        trace_id = secrets.token_hex(16)
+        traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+        async with tenant.client() as api:
+            made = await api.post(
+                "/v1/contacts",
+                json={"first_name": "Evie", "emails": [f"evie.{uuid.uuid4().hex[:8]}@example.com"]},
+                headers={"traceparent": traceparent},
+            )
+        assert made.status_code == 201, made.text
+        contact = made.json()
+
+        msg = await sub.next_msg(timeout=20)
+        headers = msg.headers or {}
+        assert headers["ce-specversion"] == "1.0"
+        assert headers["ce-type"] == "crm.contacts.contact.created.v1"
+        assert headers["ce-source"] == "/trellis/contacts"
+        assert headers["ce-subject"] == contact["id"]
+        assert headers["ce-tenantid"] == tenant.id
+        assert headers["Nats-Msg-Id"] == headers["ce-id"]
+        assert headers["ce-time"].endswith("Z")
+        # The event continues the trace the client started at the gateway.
+        assert headers["traceparent"].split("-")[1] == trace_id
+        data = json.loads(msg.data)
+        assert data["contact"]["id"] == contact["id"]
+        assert data["contact"]["version"] == "1"
+
+        # Exactly one: nothing else arrives for this tenant's creates.
+        try:
+            extra = await sub.next_msg(timeout=1.5)
+        except (TimeoutError, nats.errors.TimeoutError):
+            extra = None
+        assert extra is None, f"a second event arrived: {extra.headers if extra else None}"
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+async def test_update_and_delete_events_carry_versions(platform: Platform, tenant: Tenant) -> None:
+    nc = await nats.connect(platform.stack.nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            f"crm.events.{tenant.id}.contacts.contact.>",
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        async with tenant.client() as api:
+            cid = (await api.post("/v1/contacts", json={"first_name": "V"})).json()["id"]
+            await api.patch(f"/v1/contacts/{cid}", json={"last_name": "Two"})
+            await api.delete(f"/v1/contacts/{cid}")
+        got = []
+        for _ in range(3):
+            msg = await sub.next_msg(timeout=20)
+            got.append((msg.headers or {})["ce-type"])
+            body = json.loads(msg.data)
+            if got[-1].endswith("updated.v1"):
+                assert body["contact"]["version"] == "2"
+                assert body["changed_fields"] == ["last_name"]
+            if got[-1].endswith("deleted.v1"):
+                assert body["id"] == cid
+                assert body["version"] == "3"
+        assert got == [
+            "crm.contacts.contact.created.v1",
+            "crm.contacts.contact.updated.v1",
+            "crm.contacts.contact.deleted.v1",
+        ]
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+async def test_idempotent_replay_publishes_no_second_event(
+    platform: Platform, tenant: Tenant
+) -> None:
+    nc = await nats.connect(platform.stack.nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            f"crm.events.{tenant.id}.contacts.contact.created",
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        async with tenant.client() as api:
+            headers = {"Idempotency-Key": "once"}
+            for _ in range(3):
+                r = await api.post("/v1/contacts", json={"first_name": "Once"}, headers=headers)
+                assert r.status_code == 201
+        await sub.next_msg(timeout=20)
+        await asyncio.sleep(1)
+        assert sub.pending_msgs == 0
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
