@@ -8,6 +8,7 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 from crm.contacts.v1 import contacts_pb2
 from crm.gateway.v1 import gateway_pb2
+from crmkit.periodic import Periodic
 from crmkit.service import Runtime, ServiceDefinition, Worker
 from trellis_gateway import openapi
 from trellis_gateway.admin import Admin
@@ -72,12 +73,13 @@ async def wire(runtime: Runtime) -> list[Worker]:
             return False
         return True
 
+    store = IdempotencyStore(runtime.pool, settings.idempotency_ttl_hours)
     gateway = Gateway(
         routes=routes,
         dispatcher=dispatcher,
         verifier=verifier,
         limiter=limiter,
-        idempotency=IdempotencyStore(runtime.pool, settings.idempotency_ttl_hours),
+        idempotency=store,
         openapi=openapi.build_openapi(routes, title="Trellis CRM API", version="v1"),
         max_body_bytes=settings.max_body_bytes,
         ready=ready,
@@ -86,7 +88,8 @@ async def wire(runtime: Runtime) -> list[Worker]:
         OpenTelemetryMiddleware(gateway.app(), excluded_urls="healthz,readyz,metrics")
     )
     return [
-        HttpServer(app, settings.bind_host, settings.http_port, settings.shutdown_grace_seconds)
+        HttpServer(app, settings.bind_host, settings.http_port, settings.shutdown_grace_seconds),
+        Periodic("purge expired idempotency keys", 600, store.purge_expired),
     ]
 
 
