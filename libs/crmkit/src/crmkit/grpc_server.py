@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import psycopg
@@ -66,7 +66,7 @@ def _status_of(exc: BaseException) -> ServiceError:
     return ServiceError(grpc.StatusCode.INTERNAL, "internal error")
 
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
 
 
 class ChassisInterceptor(grpc.aio.ServerInterceptor):

@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from crmkit import context
 
-_SKIP = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_SKIP = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -17,8 +17,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-# pgserver asks platformdirs for a runtime dir; give it one so it does not warn.
+# pgserver asks platformdirs for a runtime dir; give it a private one so it does not warn.
 os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")  # noqa: S108
+Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
+Path(os.environ["XDG_RUNTIME_DIR"]).chmod(0o700)
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ Either way failures come back as ServiceError, so both front ends map errors one
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,14 @@ from crmkit.context import Identity
 from crmkit.errors import ServiceError, violations_of
 
 LocalHandler = Callable[[Message, Identity], Awaitable[Message]]
+
+log = logging.getLogger(__name__)
+
+_TRANSPORT_FAILURES = {
+    grpc.StatusCode.UNAVAILABLE: "the service is unavailable; retry later",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the service did not answer in time; retry later",
+    grpc.StatusCode.UNKNOWN: "internal error",
+}
 
 # Reads are retried on a transient failure; writes never are (the caller retries those, with
 # an Idempotency-Key).
@@ -104,7 +113,12 @@ class Dispatcher:
         try:
             response: Message = await stub(request, metadata=metadata, timeout=backend.timeout)
         except grpc.aio.AioRpcError as err:
-            raise ServiceError(err.code(), err.details() or "", violations_of(err)) from None
+            code = err.code()
+            if code in _TRANSPORT_FAILURES:
+                # The channel's own text names internal addresses; callers get a plain one.
+                log.warning("backend call failed", extra={"method": full_method, "code": code.name})
+                raise ServiceError(code, _TRANSPORT_FAILURES[code]) from None
+            raise ServiceError(code, err.details() or "", violations_of(err)) from None
         return response
 
     async def close(self) -> None:

@@ -44,6 +44,7 @@ from trellis_gateway.routes import (
 log = logging.getLogger("trellis_gateway.access")
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_FIXED_ROUTES = frozenset({"/healthz", "/readyz", "/v1/openapi.json", "/docs"})
 _MUTATING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
@@ -75,7 +76,9 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = state.get("route", "unmatched")
+            route = state.get("route") or (
+                scope["path"] if scope["path"] in _FIXED_ROUTES else "unmatched"
+            )
             elapsed = time.perf_counter() - started
             metrics.HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
             metrics.HTTP_DURATION.labels(scope["method"], route).observe(elapsed)
