@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2
 
-from trellis_devstack.stack import Stack
+from trellis_devstack.processes import ServiceProcesses
 
 # Low per-key limits so a test can exhaust one; each test gets its own key, so they don't
 # starve one another. The tenant limit stays out of the way.
@@ -24,34 +22,11 @@ LIMITS = {
 }
 
 
-class Platform:
-    """The services of a Stack as child processes, stoppable one at a time."""
-
-    def __init__(self, stack: Stack, logs: Path) -> None:
-        self.stack = stack
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+class Platform(ServiceProcesses):
+    """The services under test, with rate limits low enough for a test to exhaust."""
 
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            self.stack.command(name, "serve"),
-            env={**self.stack.env(name), **LIMITS, **(extra_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self, name: str) -> int:
-        proc = self.procs.pop(name)
-        proc.terminate()
-        try:
-            return proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
-
-    def log_text(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
+        super().start(name, {**LIMITS, **(extra_env or {})})
 
 
 @dataclass(frozen=True)
