@@ -11,7 +11,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: run test lint fmt typecheck proto proto-lint proto-breaking bench setup system-tools clean
+.PHONY: run test lint fmt typecheck proto proto-lint proto-breaking bench setup system-tools bench-tools clean
 
 ## run: start the whole platform locally (embedded PostgreSQL and NATS, all services, a demo tenant)
 run: setup
@@ -21,13 +21,20 @@ run: setup
 test: setup system-tools lint typecheck proto-lint
 	$(PY) -m pytest -q
 
-# promtool (from Debian's prometheus package) checks metrics in the tests; installed here when
-# missing and we may (root), otherwise named in a clear message.
-system-tools:
-	@command -v promtool >/dev/null || { \
+# Command-line tools from Debian packages: installed when missing and we may (root), otherwise
+# named in a clear message. promtool checks metrics in the tests; hey drives the benchmarks.
+define debian_tool
+	@command -v $(1) >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "promtool is missing: install it (Debian/Ubuntu: sudo apt-get install prometheus)"; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
+	  else echo "$(1) is missing: install it (Debian/Ubuntu: sudo apt-get install $(2))"; exit 1; fi; }
+endef
+
+system-tools:
+	$(call debian_tool,promtool,prometheus)
+
+bench-tools:
+	$(call debian_tool,hey,hey)
 
 setup: $(VENV)/.synced $(GEN)/.stamp
 
@@ -75,7 +82,7 @@ typecheck: setup
 	$(BIN)/mypy libs services tests bench
 
 ## bench: throughput and latency beside their floors (not part of `make test`)
-bench: setup
+bench: setup bench-tools
 	$(PY) -m bench
 
 clean:
