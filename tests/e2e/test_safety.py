@@ -156,7 +156,7 @@ async def test_rate_limit_is_429_with_retry_after(tenant: Tenant) -> None:
     assert int(ok.headers["ratelimit-limit"]) == 40
 
 
-@pytest.mark.parametrize("header", ["", "Basic abc", "Bearer "])
+@pytest.mark.parametrize("header", ["", "Basic abc", "Bearer", "Bearer trellis_0123456789abcdef_x"])
 async def test_malformed_authorization_is_401(tenant: Tenant, header: str) -> None:
     async with httpx.AsyncClient(base_url=tenant.gateway_url) as anon:
         r = await anon.get("/v1/contacts", headers={"Authorization": header})

@@ -6,6 +6,7 @@ maps domain errors to rich statuses (never a stack trace), and records RED metri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -72,6 +73,25 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the st
 class ChassisInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticate: Authenticate) -> None:
         self._authenticate = authenticate
+        self._draining = False
+        self._inflight = 0
+        self._last_arrival = 0.0
+
+    async def drain(self, grace: float, quiet: float = 0.25) -> None:
+        """Refuse new calls with UNAVAILABLE and wait for the ones in flight to finish.
+
+        grpc-aio's own `stop(grace)` answers CANCELLED to calls that reached the server but
+        no handler yet (grpc/grpc#41785), which callers must not retry. Refusing them here
+        first, with the retryable UNAVAILABLE, until nothing is in flight and callers have
+        gone quiet, leaves `stop` nothing to cancel.
+        """
+        self._draining = True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            idle = time.monotonic() - self._last_arrival
+            if self._inflight == 0 and idle >= quiet:
+                return
+            await asyncio.sleep(0.02)
 
     async def intercept_service(
         self,
@@ -88,9 +108,13 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         authenticate = self._authenticate
 
         async def behavior(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            self._last_arrival = time.monotonic()
+            if self._draining:
+                await ctx.abort(grpc.StatusCode.UNAVAILABLE, "shutting down; retry")
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             failure: ServiceError | None = None
+            self._inflight += 1
             try:
                 md = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
                 context.request_id.set(md.get("x-request-id"))
@@ -108,6 +132,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
                 failure = _status_of(exc)
                 code = failure.code
             finally:
+                self._inflight -= 1
                 metrics.GRPC_REQUESTS.labels(service, method, code.name).inc()
                 metrics.GRPC_DURATION.labels(service, method).observe(time.perf_counter() - started)
             await ctx.abort_with_status(failure.to_status())
@@ -119,16 +144,16 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-def build_server(
-    authenticate: Authenticate, *, extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = ()
-) -> grpc.aio.Server:
+def build_server(authenticate: Authenticate) -> tuple[grpc.aio.Server, ChassisInterceptor]:
     tracing = aio_server_interceptor(
         filter_=filters.negate(filters.service_name(health.SERVICE_NAME))
     )
-    return grpc.aio.server(
-        interceptors=[tracing, ChassisInterceptor(authenticate), *extra_interceptors],
+    chassis = ChassisInterceptor(authenticate)
+    server = grpc.aio.server(
+        interceptors=[tracing, chassis],
         options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
     )
+    return server, chassis
 
 
 def add_health_and_reflection(

@@ -29,6 +29,10 @@ from crmkit.outbox import OutboxRelay
 log = logging.getLogger(__name__)
 
 
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 class Worker(Protocol):
     async def run(self) -> None: ...
     async def stop(self) -> None: ...
@@ -46,11 +50,14 @@ class Runtime:
     # replaces it (the gateway itself accepts API keys).
     authenticate: grpc_server.Authenticate
     server: grpc.aio.Server = field(init=False)
+    interceptor: grpc_server.ChassisInterceptor = field(init=False)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set when shutdown begins
 
     def __post_init__(self) -> None:
-        self.server = grpc_server.build_server(lambda md, scope: self.authenticate(md, scope))
+        self.server, self.interceptor = grpc_server.build_server(
+            lambda md, scope: self.authenticate(md, scope)
+        )
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,9 @@ async def serve(
     ready.cancel()
     runtime.stopping.set()
     await health.enter_graceful_shutdown()
-    await server.stop(settings.shutdown_grace_seconds)
+    grace_ends = loop_time() + settings.shutdown_grace_seconds
+    await runtime.interceptor.drain(settings.shutdown_grace_seconds)
+    await server.stop(max(0.5, grace_ends - loop_time()))
     await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
     await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
     for hook in runtime.on_stop:
