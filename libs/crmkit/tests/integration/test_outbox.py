@@ -1,0 +1,334 @@
+"""The outbox and its relay against real PostgreSQL and NATS: what is committed is published,
+once, with the CloudEvents envelope and the writer's trace; nothing else is; outages and
+re-publishes do not change that."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+from google.protobuf.struct_pb2 import Struct
+from nats.js import JetStreamContext
+from nats.js.api import StorageType
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from crmkit import bus, db
+from crmkit.consumer import Consumer, Event
+from crmkit.ids import new_id
+from crmkit.outbox import OutboxRelay, write_event
+from trellis_devstack.infra import Nats, Postgres
+
+SOURCE = "/trellis/test"
+
+
+def payload(**fields: Any) -> Struct:
+    msg = Struct()
+    msg.update(fields)
+    return msg
+
+
+async def write(pool: db.Pool, tenant: str, n: int = 1) -> list[str]:
+    """`n` events, each in its own committed tenant transaction."""
+    ids = []
+    for i in range(n):
+        async with db.tenant_tx(pool, tenant) as conn:
+            ids.append(
+                await write_event(
+                    conn,
+                    tenant_id=tenant,
+                    domain="contacts",
+                    entity="contact",
+                    action="created",
+                    record_id=new_id(),
+                    message=payload(display_name="Ada Lovelace", n=i),
+                )
+            )
+    return ids
+
+
+def recorder(name: str) -> Any:
+    async def handle(event: Event, conn: db.Conn) -> None:
+        await conn.execute(
+            "INSERT INTO seen (consumer, event_id) VALUES (%s, %s)", (name, event.id)
+        )
+
+    return handle
+
+
+async def test_committed_events_are_published_once_with_envelope_and_trace(
+    pool: db.Pool, js: JetStreamContext, spans: InMemorySpanExporter, h: Any
+) -> None:
+    tenant, record = new_id(), new_id()
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("POST /v1/contacts") as request_span:
+        async with db.tenant_tx(pool, tenant) as conn:
+            event_id = await write_event(
+                conn,
+                tenant_id=tenant,
+                domain="contacts",
+                entity="contact",
+                action="created",
+                record_id=record,
+                message=payload(display_name="Zoë", tags=["vip"]),
+            )
+    trace_id = format(request_span.get_span_context().trace_id, "032x")
+    subject = f"crm.events.{tenant}.contacts.contact.created"
+    name = f"c{uuid.uuid4().hex[:12]}"
+    consumer = Consumer(
+        js, pool, name=name, filter_subjects=[f"crm.events.{tenant}.>"], handler=recorder(name)
+    )
+
+    async with h.running(OutboxRelay(pool, js, source=SOURCE), consumer):
+        await h.eventually(
+            lambda: h.scalar(pool, "SELECT count(*) FROM seen WHERE event_id = %s", event_id),
+            within=10,
+            what="the consumer to process the event",
+        )
+
+    [msg] = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
+    assert msg.subject == subject
+    assert json.loads(msg.data) == {"display_name": "Zoë", "tags": ["vip"]}
+    hdrs = msg.headers
+    assert {k: hdrs[k] for k in hdrs if k not in ("ce-time", "traceparent", "tracestate")} == {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": SOURCE,
+        "ce-type": "crm.contacts.contact.created.v1",
+        "ce-subject": record,
+        "ce-tenantid": tenant,
+        "content-type": "application/json",
+        "Nats-Msg-Id": event_id,
+    }
+    assert hdrs["ce-time"].endswith("Z")
+    datetime.fromisoformat(hdrs["ce-time"])
+    _version, header_trace_id, producer_span_id, _flags = hdrs["traceparent"].split("-")
+    assert header_trace_id == trace_id
+
+    # The producer span is a child of the writing request; the consumer's continues from it.
+    in_trace = [s for s in spans.get_finished_spans() if s.context.trace_id == int(trace_id, 16)]
+    [producer] = [s for s in in_trace if s.kind == SpanKind.PRODUCER]
+    [processing] = [s for s in in_trace if s.kind == SpanKind.CONSUMER]
+    assert producer.name == f"{subject} publish"
+    assert producer.parent is not None
+    assert producer.parent.span_id == request_span.get_span_context().span_id
+    assert format(producer.context.span_id, "016x") == producer_span_id
+    assert processing.parent is not None
+    assert processing.parent.span_id == producer.context.span_id
+
+    async with db.system_tx(pool) as conn:
+        row = await (await conn.execute("SELECT published_at FROM outbox")).fetchone()
+    assert row is not None
+    assert row["published_at"] is not None
+    assert h.counter("trellis_consumer_messages_total", consumer=name, outcome="processed") == 1
+
+
+async def test_rolled_back_transaction_publishes_nothing(
+    pool: db.Pool, js: JetStreamContext, h: Any
+) -> None:
+    tenant = new_id()
+
+    class Abort(Exception):
+        pass
+
+    async def write_then_fail() -> None:
+        async with db.tenant_tx(pool, tenant) as conn:
+            await write_event(
+                conn,
+                tenant_id=tenant,
+                domain="contacts",
+                entity="contact",
+                action="deleted",
+                record_id=new_id(),
+                message=payload(),
+            )
+            raise Abort
+
+    with pytest.raises(Abort):
+        await write_then_fail()
+    # A committed event after it: once that one is out, the relay has had its chance.
+    [committed] = await write(pool, tenant)
+    async with h.running(OutboxRelay(pool, js, source=SOURCE)):
+        await h.eventually(
+            lambda: h.scalar(pool, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"),
+            within=10,
+            what="the committed event to be published",
+        )
+    stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
+    assert [m.headers["ce-id"] for m in stored] == [committed]
+    assert await h.scalar(pool, "SELECT count(*) FROM outbox") == 1
+
+
+async def test_nats_outage_and_republishes_still_give_exactly_once_effects(
+    pool: db.Pool, js: JetStreamContext, nats_server: Nats, h: Any
+) -> None:
+    tenant = new_id()
+    name = f"c{uuid.uuid4().hex[:12]}"
+    filters = [f"crm.events.{tenant}.>"]
+    seen = "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM seen WHERE consumer = %s"
+
+    async def effects() -> tuple[int, int]:
+        async with db.system_tx(pool) as conn:
+            row = await (await conn.execute(seen, (name,))).fetchone()
+        assert row is not None
+        return row["n"], row["d"]
+
+    relay = OutboxRelay(pool, js, source=SOURCE, poll_interval=0.5, publish_timeout=1)
+    consumer = Consumer(
+        js, pool, name=name, filter_subjects=filters, handler=recorder(name), info_interval=1
+    )
+    async with h.running(relay, consumer):
+        await write(pool, tenant)  # warm-up: all bound and flowing before the outage
+
+        async def applied(n: int) -> bool:
+            return await effects() == (n, n)
+
+        await h.eventually(lambda: applied(1), within=10, what="the warm-up event")
+
+        nats_server.stop()
+        try:
+            ids = await write(pool, tenant, 200)
+            # No PubAck, no mark: the relay's failing rounds leave every row unpublished.
+            await h.eventually(
+                lambda: h.counter("trellis_outbox_backlog_events") == 200,
+                within=10,
+                what="the relay to fail a round and report a backlog of 200",
+            )
+            unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            assert await h.scalar(pool, unpublished) == 200
+        finally:
+            nats_server.start()  # later tests need it, whatever happened here
+        assert len(set(ids)) == 200
+
+        await h.eventually(lambda: applied(201), within=30, what="201 effects after the outage")
+
+        # Re-publish everything with two relays racing over the same rows: the stream drops
+        # the copies by Nats-Msg-Id, so it still holds each event once.
+        async with db.system_tx(pool) as conn:
+            await conn.execute("UPDATE outbox SET published_at = NULL")
+        async with h.running(OutboxRelay(pool, js, source=SOURCE, batch_size=25)):
+            await h.eventually(
+                lambda: h.scalar(
+                    pool, "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"
+                ),
+                within=15,
+                what="the re-publish",
+            )
+        stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
+        assert len(stored) == 201
+        assert len({m.headers["ce-id"] for m in stored}) == 201
+
+        # A copy the stream does not recognise (as after the dedupe window) reaches the
+        # consumer, and the inbox turns it into a no-op.
+        copy = stored[-1]
+        headers = dict(copy.headers)
+        headers["Nats-Msg-Id"] = new_id()
+        await js.publish(copy.subject, copy.data, headers=headers)
+        await h.eventually(
+            lambda: h.counter(
+                "trellis_consumer_messages_total", consumer=name, outcome="duplicate"
+            ),
+            within=10,
+            what="the duplicate to be skipped",
+        )
+        assert await effects() == (201, 201)
+    assert h.counter("trellis_consumer_messages_total", consumer=name, outcome="processed") == 201
+    assert h.counter("trellis_outbox_backlog_events") == 0
+
+
+async def test_relay_survives_its_listen_connection_dying(
+    pool: db.Pool, js: JetStreamContext, postgres: Postgres, h: Any
+) -> None:
+    tenant = new_id()
+    # Polling every 60 s: anything faster than that was woken by NOTIFY.
+    relay = OutboxRelay(pool, js, source=SOURCE, poll_interval=60)
+    dbname = pool.name
+    listeners = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+        " AND application_name = 'trellis-outbox-listener'"
+    )
+
+    async def listener_pids() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(postgres.superuser_url) as conn:
+            rows = await (await conn.execute(listeners, (dbname,))).fetchall()
+        return [r[0] for r in rows]
+
+    async def published() -> int:
+        return int(
+            await h.scalar(pool, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+        )
+
+    async with h.running(relay):
+        [old_pid] = await h.eventually(listener_pids, within=5, what="the listener to connect")
+        await write(pool, tenant)
+        await h.eventually(published, within=3, what="a NOTIFY-driven publish")
+
+        async with await psycopg.AsyncConnection.connect(postgres.superuser_url) as conn:
+            await conn.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+
+        async def new_listener() -> list[int]:
+            return [p for p in await listener_pids() if p != old_pid]
+
+        await h.eventually(new_listener, within=10, what="the listener to reconnect")
+        await write(pool, tenant)
+
+        async def both_published() -> bool:
+            return await published() == 2
+
+        await h.eventually(both_published, within=3, what="a publish after the reconnect")
+
+
+async def test_stop_finishes_and_returns_promptly(
+    pool: db.Pool, js: JetStreamContext, h: Any
+) -> None:
+    tenant = new_id()
+    await write(pool, tenant, 50)
+    relay = OutboxRelay(pool, js, source=SOURCE, batch_size=10, poll_interval=30)
+    async with h.running(relay):
+        await h.eventually(
+            lambda: h.scalar(
+                pool, "SELECT count(*) = 50 FROM outbox WHERE published_at IS NOT NULL"
+            ),
+            within=10,
+            what="all 50 to be published in batches of 10",
+        )
+    # Stopped while idle in a 30 s poll wait: `running` bounds stop() at 15 s, and a second
+    # stop() is harmless.
+    await relay.stop()
+    stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
+    assert len(stored) == 50
+    # Sent in seq order, so the stream holds them in the order they were written.
+    async with db.system_tx(pool) as conn:
+        rows = await (await conn.execute("SELECT id FROM outbox ORDER BY seq")).fetchall()
+    assert [m.headers["ce-id"] for m in stored] == [str(r["id"]) for r in rows]
+
+
+async def test_ensure_streams_is_idempotent_under_a_race_and_repairs_drift(
+    js: JetStreamContext,
+) -> None:
+    await asyncio.gather(*(bus.ensure_streams(js, replicas=1) for _ in range(4)))
+    # Someone changed the DLQ by hand; the next start puts our configuration back.
+    info = await js.stream_info(bus.DLQ_STREAM)
+    info.config.duplicate_window = 30.0
+    await js.update_stream(info.config)
+    await asyncio.gather(bus.ensure_streams(js, replicas=1), bus.ensure_streams(js, replicas=1))
+    for name, subjects in ((bus.STREAM, ["crm.events.>"]), (bus.DLQ_STREAM, ["crm.dlq.>"])):
+        config = (await js.stream_info(name)).config
+        assert config.subjects == subjects
+        assert config.storage == StorageType.FILE
+        assert config.num_replicas == 1
+        assert config.duplicate_window == 120.0
+
+
+def test_subjects_and_types() -> None:
+    assert bus.event_subject("t1", "sales", "deal", "won") == "crm.events.t1.sales.deal.won"
+    assert bus.event_type("sales", "deal", "won") == "crm.sales.deal.won.v1"
+    for bad in ("a.b", "*", ">", "", "a b"):
+        with pytest.raises(ValueError, match="NATS subject token"):
+            bus.event_subject(bad, "sales", "deal", "won")
