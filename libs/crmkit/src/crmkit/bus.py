@@ -120,8 +120,11 @@ async def connect(url: str, name: str) -> NATS:
     return client
 
 
-def _stream_config(name: str, description: str, subjects: list[str], replicas: int) -> StreamConfig:
+def _stream_config(
+    name: str, description: str, subjects: list[str], replicas: int, max_age_days: float
+) -> StreamConfig:
     return StreamConfig(
+        max_age=max_age_days * 86400,
         name=name,
         description=description,
         subjects=subjects,
@@ -133,13 +136,14 @@ def _stream_config(name: str, description: str, subjects: list[str], replicas: i
     )
 
 
-def _stream_configs(replicas: int) -> list[StreamConfig]:
+def _stream_configs(replicas: int, max_age_days: float) -> list[StreamConfig]:
     return [
         _stream_config(
             STREAM,
             "Trellis CRM domain events (CloudEvents 1.0, binary mode)",
             STREAM_SUBJECTS,
             replicas,
+            max_age_days,
         ),
         # The DLQ dedupes too: a consumer that dead-letters a message and then loses its ack
         # would otherwise park the same failure twice.
@@ -148,17 +152,18 @@ def _stream_configs(replicas: int) -> list[StreamConfig]:
             "Events consumers gave up on, with the error; re-drivable",
             DLQ_SUBJECTS,
             replicas,
+            max_age_days,
         ),
     ]
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int) -> None:
+async def ensure_streams(js: JetStreamContext, replicas: int, max_age_days: float = 30) -> None:
     """Create both streams, or bring them to this configuration; safe when processes race.
 
     The server treats a create with an identical configuration as a no-op, so the common case
     (every replica starting) costs one request per stream and cannot conflict.
     """
-    for config in _stream_configs(replicas):
+    for config in _stream_configs(replicas, max_age_days):
         try:
             await js.add_stream(config)
         except APIError as err:

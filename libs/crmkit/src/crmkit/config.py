@@ -40,6 +40,12 @@ class ServiceSettings(BaseSettings):
     nats_stream_replicas: int = Field(
         default=1, ge=1, le=5, validation_alias=AliasChoices("NATS_STREAM_REPLICAS")
     )
+    nats_stream_max_age_days: float = Field(
+        default=30,
+        gt=0,
+        validation_alias=AliasChoices("NATS_STREAM_MAX_AGE_DAYS"),
+        description="how long events stay in CRM_EVENTS (and dead letters in CRM_DLQ) to replay",
+    )
     internal_token_secret: SecretStr = Field(
         min_length=32,
         validation_alias=AliasChoices("INTERNAL_TOKEN_SECRET"),

@@ -104,7 +104,9 @@ async def serve(
     if defn.uses_bus:
         nc = await bus.connect(settings.nats_url, name=defn.name)
         js = nc.jetstream()
-        await bus.ensure_streams(js, settings.nats_stream_replicas)
+        await bus.ensure_streams(
+            js, settings.nats_stream_replicas, settings.nats_stream_max_age_days
+        )
 
     runtime = Runtime(
         settings=settings,
