@@ -1,0 +1,74 @@
+"""Page sizes and page tokens: bounds, round trips, and every way a token can be bad."""
+
+from __future__ import annotations
+
+import base64
+
+import grpc
+import pytest
+
+from crmkit import paging
+from crmkit.errors import ServiceError
+
+FILTERS = {"tag": "vip"}
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_page_size_default_and_bounds() -> None:
+    assert paging.page_size(0) == 50
+    assert paging.page_size(1) == 1
+    assert paging.page_size(500) == 500
+    for bad in (-1, 501):
+        with pytest.raises(ServiceError) as exc:
+            paging.page_size(bad)
+        assert exc.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert exc.value.violations[0][0] == "page_size"
+
+
+def test_tokens_round_trip_and_are_url_safe() -> None:
+    token = paging.encode_page_token(["0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", 7], FILTERS)
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert paging.decode_page_token(token, FILTERS, arity=2) == [
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+        7,
+    ]
+    assert paging.decode_page_token("", FILTERS, arity=2) is None
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "!!!",
+        "a",
+        b64(b"\xff\xfe"),
+        b64(b"not json"),
+        b64(b"[1]"),
+        b64(b'{"a": "x"}'),
+        b64(b'{"a": ["x", "y"]}'),
+        b64(b'{"a": [true]}'),
+        b64(b'{"a": [null]}'),
+        b64(b'{"a": ["x"]}'),  # no fingerprint
+    ],
+)
+def test_malformed_tokens_name_page_token(token: str) -> None:
+    with pytest.raises(ServiceError) as exc:
+        paging.decode_page_token(token, FILTERS, arity=1)
+    assert exc.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.violations[0][0] == "page_token"
+
+
+def test_a_token_of_other_filters_is_refused() -> None:
+    token = paging.encode_page_token(["x"], FILTERS)
+    with pytest.raises(ServiceError) as exc:
+        paging.decode_page_token(token, {"tag": "other"}, arity=1)
+    assert "other filters" in exc.value.violations[0][1]
+
+
+def test_next_page_splits_the_extra_row_off() -> None:
+    assert paging.next_page([1, 2], 2, lambda r: [r], {}) == ([1, 2], "")
+    page, token = paging.next_page([1, 2, 3], 2, lambda r: [r], {})
+    assert page == [1, 2]
+    assert paging.decode_page_token(token, {}, arity=1) == [2]

@@ -1,0 +1,27 @@
+"""Wiring only: what the chassis needs to run the contacts service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from crmkit.service import Runtime, ServiceDefinition, Worker
+from trellis_contacts.api import ContactsApi
+
+# services/contacts/migrations: beside the package in the source tree (and in the image).
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+async def wire(runtime: Runtime) -> list[Worker]:
+    contacts_pb2_grpc.add_ContactsServiceServicer_to_server(
+        ContactsApi(runtime.pool), runtime.server
+    )
+    return []  # no consumers yet; the chassis adds the outbox relay
+
+
+DEFINITION = ServiceDefinition(
+    name="contacts",
+    migrations_dir=MIGRATIONS,
+    grpc_services=[contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"].full_name],
+    wire=wire,
+)

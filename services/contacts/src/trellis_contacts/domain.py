@@ -1,0 +1,519 @@
+"""Contacts' rules: the records, their validation and normalisation, update masks. No I/O.
+
+Validation collects every problem of a request at once and names each by its request path
+("contact.emails[1]"), so a client can fix all fields in one round trip. The rules that need
+the database (custom field definitions, company existence, email uniqueness, the current
+record) take what they need as arguments; the store calls them inside its transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+Violation = tuple[str, str]
+
+# --- errors: the api maps each to its gRPC status ---------------------------------------------
+
+
+class DomainError(Exception):
+    pass
+
+
+class Invalid(DomainError):
+    def __init__(self, violations: Sequence[Violation]) -> None:
+        super().__init__("; ".join(f"{f}: {m}" for f, m in violations))
+        self.violations = list(violations)
+
+
+class NotFound(DomainError):
+    def __init__(self, kind: str, record_id: str) -> None:
+        super().__init__(f"{kind} {record_id} not found")
+        self.kind = kind
+        self.record_id = record_id
+
+
+class StaleEtag(DomainError):
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"stale etag of {kind}")
+        self.kind = kind
+
+
+class Duplicate(DomainError):
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class Conflict(DomainError):
+    """Concurrent writes collided in a way a retry of the request resolves."""
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+class LifecycleStage(StrEnum):
+    SUBSCRIBER = "subscriber"
+    LEAD = "lead"
+    MARKETING_QUALIFIED_LEAD = "marketing_qualified_lead"
+    SALES_QUALIFIED_LEAD = "sales_qualified_lead"
+    OPPORTUNITY = "opportunity"
+    CUSTOMER = "customer"
+    EVANGELIST = "evangelist"
+    OTHER = "other"
+
+
+class ObjectType(StrEnum):
+    CONTACT = "contact"
+    COMPANY = "company"
+
+
+class FieldType(StrEnum):
+    STRING = "string"
+    NUMBER = "number"
+    BOOL = "bool"
+    DATE = "date"
+    ENUM = "enum"
+
+
+@dataclass(frozen=True)
+class FieldDefinition:
+    object_type: ObjectType
+    name: str
+    type: FieldType
+    options: tuple[str, ...] = ()
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ContactFields:
+    """What a client may write on a contact; drafts and stored records share the shape."""
+
+    first_name: str = ""
+    last_name: str = ""
+    emails: tuple[str, ...] = ()
+    phones: tuple[str, ...] = ()
+    company_id: str = ""  # "" when the contact has no company
+    owner_id: str = ""
+    tags: tuple[str, ...] = ()
+    lifecycle_stage: LifecycleStage | None = None
+    # Drafts hold what the request sent (None clears a field); stored records only values
+    # their definitions accept: str, float or bool.
+    custom_fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CompanyFields:
+    """What a client may write on a company."""
+
+    name: str = ""
+    domain: str = ""
+    industry: str = ""
+    size: int = 0
+    custom_fields: Mapping[str, object] = field(default_factory=dict)
+
+
+class Fields(Protocol):
+    """ContactFields or CompanyFields: a dataclass with custom fields."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def custom_fields(self) -> Mapping[str, object]: ...
+
+
+F = TypeVar("F", bound=Fields)
+
+
+@dataclass(frozen=True)
+class Record(Generic[F]):
+    """A stored contact or company: its writable fields plus what only the service sets."""
+
+    id: str
+    fields: F
+    version: int
+    etag: str
+    create_time: datetime
+    update_time: datetime
+
+
+Contact = Record[ContactFields]
+Company = Record[CompanyFields]
+
+# --- ids --------------------------------------------------------------------------------------
+
+
+def canonical_id(value: str) -> str | None:
+    """The canonical form of a record id, or None when it cannot be one (so: not found)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+# --- field rules ------------------------------------------------------------------------------
+
+# Close to the WHATWG rule for <input type=email>, plus a dot in the domain: a CRM wants
+# deliverable addresses, not every string RFC 5322 allows.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_TLD = r"[A-Za-z][A-Za-z0-9-]{0,61}[A-Za-z0-9]"  # two or more characters, starting with a letter
+# Used with fullmatch: `$` would let a trailing newline through.
+_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+{_TLD}")
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_PHONE_SEPARATORS = str.maketrans("", "", " -().")
+_DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_TLD}")  # matched after lower-casing
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+MAX_CUSTOM_STRING = 1000  # characters; Value has no proto option to carry the bound
+
+
+def email_key(email: str) -> str:
+    """What makes two addresses the same for uniqueness: case does not matter."""
+    return email.lower()
+
+
+def _emails(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
+    seen: dict[str, int] = {}
+    result = []
+    for i, raw in enumerate(values):
+        email = raw.strip()
+        if not _EMAIL.fullmatch(email) or len(email.partition("@")[0]) > 64:
+            out.append((f"{path}[{i}]", "not a valid email address"))
+        elif (first := seen.setdefault(email_key(email), i)) != i:
+            out.append((f"{path}[{i}]", f"the same address as {path}[{first}]"))
+        result.append(email)  # stored as given (trimmed); only the uniqueness key is lowered
+    return tuple(result)
+
+
+def _phones(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
+    result: list[str] = []
+    for i, raw in enumerate(values):
+        phone = raw.translate(_PHONE_SEPARATORS)
+        if not _E164.fullmatch(phone):
+            out.append((f"{path}[{i}]", "not an E.164 phone number, e.g. +14155550100"))
+        elif phone in result:
+            out.append((f"{path}[{i}]", f"the same number as {path}[{result.index(phone)}]"))
+        result.append(phone)
+    return tuple(result)
+
+
+def _text(value: str, path: str, out: list[Violation]) -> str:
+    """One line of plain text, trimmed. Control characters have no place in a name or a tag,
+    and PostgreSQL cannot store NUL at all: refusing them here keeps bad input a 400."""
+    value = value.strip()
+    if _CONTROL.search(value):
+        out.append((path, "must not contain control characters"))
+    return value
+
+
+def filter_text(value: str, path: str) -> str:
+    """A text filter of a list request, held to the rules of the text it is compared with."""
+    out: list[Violation] = []
+    value = _text(value, path, out)
+    if out:
+        raise Invalid(out)
+    return value
+
+
+def _tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
+    result: list[str] = []
+    for i, raw in enumerate(values):
+        tag = _text(raw, f"{path}[{i}]", out)
+        if not tag:
+            out.append((f"{path}[{i}]", "must not be empty"))
+        elif tag not in result:  # a repeated tag is harmless: keep the first
+            result.append(tag)
+    return tuple(result)
+
+
+def _company_ref(value: str, path: str, out: list[Violation]) -> str:
+    value = value.strip()
+    if not value:
+        return ""
+    ref = canonical_id(value)
+    if ref is None:
+        out.append((path, "no such company"))
+        return value
+    return ref
+
+
+def _required(value: str, path: str, out: list[Violation]) -> str:
+    value = _text(value, path, out)
+    if not value:
+        out.append((path, "must not be empty"))
+    return value
+
+
+def _web_domain(value: str, path: str, out: list[Violation]) -> str:
+    value = value.strip().lower()
+    if value and not _DOMAIN.fullmatch(value):
+        out.append((path, "not a valid domain name, e.g. example.com"))
+    return value
+
+
+def _size(value: int, path: str, out: list[Violation]) -> int:
+    if value < 0:
+        out.append((path, "must not be negative"))
+    return value
+
+
+def normalize_contact(
+    draft: ContactFields, paths: Collection[str], prefix: str = "contact"
+) -> ContactFields:
+    """Trim, canonicalise and check the top-level fields named in `paths`; raise Invalid.
+
+    Fields outside `paths` are left alone: an update ignores what its mask does not name.
+    Custom fields need the tenant's definitions, so `finish_contact` checks them.
+    """
+    out: list[Violation] = []
+    changes: dict[str, Any] = {}
+    for name in paths:
+        path, value = f"{prefix}.{name}", getattr(draft, name)
+        match name:
+            case "first_name" | "last_name" | "owner_id":
+                changes[name] = _text(value, path, out)
+            case "emails":
+                changes[name] = _emails(value, path, out)
+            case "phones":
+                changes[name] = _phones(value, path, out)
+            case "tags":
+                changes[name] = _tags(value, path, out)
+            case "company_id":
+                changes[name] = _company_ref(value, path, out)
+    if out:
+        raise Invalid(out)
+    return replace(draft, **changes)
+
+
+def normalize_company(
+    draft: CompanyFields, paths: Collection[str], prefix: str = "company"
+) -> CompanyFields:
+    """As normalize_contact, for a company."""
+    out: list[Violation] = []
+    changes: dict[str, Any] = {}
+    for name in paths:
+        path, value = f"{prefix}.{name}", getattr(draft, name)
+        match name:
+            case "name":
+                changes[name] = _required(value, path, out)
+            case "industry":
+                changes[name] = _text(value, path, out)
+            case "domain":
+                changes[name] = _web_domain(value, path, out)
+            case "size":
+                changes[name] = _size(value, path, out)
+    if out:
+        raise Invalid(out)
+    return replace(draft, **changes)
+
+
+# --- custom fields ----------------------------------------------------------------------------
+
+
+def _custom_value(value: object, definition: FieldDefinition) -> str | None:
+    """What is wrong with `value` for `definition`, or None when it fits."""
+    match definition.type:
+        case FieldType.STRING:
+            if not isinstance(value, str):
+                return "must be a string"
+            if len(value) > MAX_CUSTOM_STRING:
+                return f"longer than {MAX_CUSTOM_STRING} characters"
+            if "\x00" in value:  # PostgreSQL's jsonb cannot hold it; newlines are fine here
+                return "must not contain NUL characters"
+        case FieldType.NUMBER:
+            # bool is an int in Python, but true is not a number in JSON.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return "must be a number"
+            if not math.isfinite(value):
+                return "must be a finite number"
+        case FieldType.BOOL:
+            if not isinstance(value, bool):
+                return "must be true or false"
+        case FieldType.DATE:
+            if not isinstance(value, str) or not _DATE.fullmatch(value):
+                return "must be a date as YYYY-MM-DD"
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                return "not a calendar date"
+        case FieldType.ENUM:
+            if value not in definition.options:
+                return f"must be one of: {', '.join(definition.options)}"
+    return None
+
+
+def check_custom_fields(
+    values: Mapping[str, object], definitions: Iterable[FieldDefinition], prefix: str
+) -> dict[str, object]:
+    """The values that fit the tenant's definitions, without the cleared (None) ones."""
+    by_name = {d.name: d for d in definitions}
+    out: list[Violation] = []
+    kept: dict[str, object] = {}
+    for name, value in values.items():
+        if value is None:
+            continue  # null clears a field, known or not
+        path = f"{prefix}.custom_fields.{name}"
+        definition = by_name.get(name)
+        if definition is None:
+            out.append((path, "no such custom field; define it first"))
+        elif (problem := _custom_value(value, definition)) is not None:
+            out.append((path, problem))
+        else:
+            kept[name] = value
+    if out:
+        raise Invalid(out)
+    return kept
+
+
+def finish_contact(
+    fields_: ContactFields, definitions: Iterable[FieldDefinition], prefix: str = "contact"
+) -> ContactFields:
+    """The whole-record rules of a contact about to be stored (after an update's merge)."""
+    out: list[Violation] = []
+    if not (fields_.first_name or fields_.last_name or fields_.emails):
+        out.append((prefix, "a contact needs a first name, a last name or an email address"))
+    try:
+        fields_ = replace(
+            fields_, custom_fields=check_custom_fields(fields_.custom_fields, definitions, prefix)
+        )
+    except Invalid as exc:
+        out.extend(exc.violations)
+    if out:
+        raise Invalid(out)
+    return fields_
+
+
+def finish_company(
+    fields_: CompanyFields, definitions: Iterable[FieldDefinition], prefix: str = "company"
+) -> CompanyFields:
+    """The whole-record rules of a company about to be stored."""
+    custom = check_custom_fields(fields_.custom_fields, definitions, prefix)
+    return replace(fields_, custom_fields=custom)
+
+
+def new_field_definition(
+    *,
+    object_type: ObjectType | None,
+    name: str,
+    type_: FieldType | None,
+    options: Sequence[str],
+    label: str,
+    prefix: str = "field_definition",
+) -> FieldDefinition:
+    """A checked definition; the enums are None when the request left them unspecified."""
+    out: list[Violation] = []
+    if object_type is None:
+        out.append((f"{prefix}.object_type", "must be CONTACT or COMPANY"))
+    if not _FIELD_NAME.fullmatch(name):
+        out.append(
+            (
+                f"{prefix}.name",
+                "must be 1-64 lower-case letters, digits or underscores, starting with a letter",
+            )
+        )
+    if type_ is None:
+        out.append((f"{prefix}.type", "must be one of STRING, NUMBER, BOOL, DATE, ENUM"))
+    cleaned = tuple(_text(o, f"{prefix}.options[{i}]", out) for i, o in enumerate(options))
+    if type_ is FieldType.ENUM:
+        if not cleaned:
+            out.append((f"{prefix}.options", "an ENUM field needs at least one option"))
+        for i, option in enumerate(cleaned):
+            if not option:
+                out.append((f"{prefix}.options[{i}]", "must not be empty"))
+            elif cleaned.index(option) != i:
+                out.append((f"{prefix}.options[{i}]", "repeats an earlier option"))
+    elif cleaned:
+        out.append((f"{prefix}.options", "only ENUM fields have options"))
+    label = _text(label, f"{prefix}.label", out)
+    if out or object_type is None or type_ is None:
+        raise Invalid(out)
+    return FieldDefinition(object_type, name, type_, cleaned, label)
+
+
+# --- updates ----------------------------------------------------------------------------------
+
+OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
+CUSTOM = "custom_fields"
+
+
+def writable_paths(kind: type[Fields]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclass_fields(kind))
+
+
+def resolve_mask(paths: Iterable[str], writable: frozenset[str]) -> list[str]:
+    """The paths an update writes: field names or "custom_fields.<name>" for one custom field.
+
+    Output-only fields are dropped rather than refused (AIP-203), so a client may send back a
+    record it read. Anything else unknown is an error naming update_mask.
+    """
+    kept: list[str] = []
+    out: list[Violation] = []
+    for path in paths:
+        top, dot, key = path.partition(".")
+        if path in OUTPUT_ONLY:
+            continue
+        if (path in writable) or (top == CUSTOM and dot and key):
+            if path not in kept:
+                kept.append(path)
+        else:
+            out.append(("update_mask", f"unknown field {path!r}"))
+    if out:
+        raise Invalid(out)
+    return kept
+
+
+def top_level(paths: Iterable[str]) -> set[str]:
+    return {p.partition(".")[0] for p in paths}
+
+
+def merge(current: F, draft: F, paths: Iterable[str]) -> F:
+    """`current` with the masked fields taken from `draft`.
+
+    "custom_fields" replaces the whole map; "custom_fields.<name>" sets that one field from
+    the draft, or removes it when the draft does not carry it.
+    """
+    paths = list(paths)
+    changes: dict[str, Any] = {}
+    custom = dict(current.custom_fields)
+    if CUSTOM in paths:
+        custom = dict(draft.custom_fields)
+    for path in paths:
+        top, _, key = path.partition(".")
+        if key:
+            if key in draft.custom_fields:
+                custom[key] = draft.custom_fields[key]
+            else:
+                custom.pop(key, None)
+        elif top != CUSTOM:
+            changes[top] = getattr(draft, top)
+    return replace(current, **changes, custom_fields=custom)
+
+
+def _same(a: object, b: object) -> bool:
+    return type(a) is type(b) and a == b  # 1.0 == True in Python; not for a record
+
+
+def changed_fields(old: F, new: F) -> list[str]:
+    """The fields whose values differ, one "custom_fields.<name>" per changed custom field."""
+    changed: list[str] = []
+    for f in dataclass_fields(old):
+        if f.name == CUSTOM:
+            names = sorted(set(old.custom_fields) | set(new.custom_fields))
+            changed += [
+                f"{CUSTOM}.{n}"
+                for n in names
+                if not _same(old.custom_fields.get(n), new.custom_fields.get(n))
+            ]
+        elif getattr(old, f.name) != getattr(new, f.name):
+            changed.append(f.name)
+    return changed

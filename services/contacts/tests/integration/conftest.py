@@ -1,0 +1,58 @@
+"""The real contacts service, in-process, over a real gRPC channel, on PostgreSQL and NATS.
+
+One service and database for the whole package (starting one takes a while); every test works
+in tenants of its own, which row-level security keeps apart, so tests do not see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from crm.contacts.v1 import contacts_pb2_grpc
+from crmkit import migrations
+from crmkit.service import serve
+from trellis_contacts.app import DEFINITION
+from trellis_devstack.infra import Nats, Postgres
+
+from .support import Running, Tenant, settings_for, wait_for_health
+
+
+@pytest.fixture(scope="session")
+async def service(postgres: Postgres, nats_server: Nats) -> AsyncIterator[Running]:
+    name = f"contacts_{uuid.uuid4().hex[:8]}"
+    owner_url, app_url = postgres.create_database(name)
+    await migrations.migrate(owner_url, DEFINITION.migrations(), f"{name}_app")
+    settings = settings_for(app_url, nats_server.url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(DEFINITION, settings, stop))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}")
+    try:
+        await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        yield Running(
+            channel=channel,
+            stub=contacts_pb2_grpc.ContactsServiceStub(channel),
+            admin_url=postgres.url(name),
+            app_url=app_url,
+            app_role=f"{name}_app",
+        )
+    finally:
+        stop.set()
+        await task
+        await channel.close()
+        postgres.drop_database(name)
+
+
+@pytest.fixture
+def tenant() -> Tenant:
+    return Tenant(str(uuid.uuid4()))
+
+
+@pytest.fixture
+def other_tenant() -> Tenant:
+    return Tenant(str(uuid.uuid4()))

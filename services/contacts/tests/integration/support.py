@@ -1,0 +1,160 @@
+"""What the contacts integration tests share: the service's settings, health, callers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2
+
+from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from crmkit import auth
+from crmkit.context import Identity
+from trellis_contacts.config import ContactsSettings
+from trellis_devstack.infra import free_port
+
+SECRET = "contacts-test-internal-token-secret-0123456789"
+READ_WRITE = ("contacts:read", "contacts:write")
+
+
+def settings_for(app_url: str, nats_url: str) -> ContactsSettings:
+    return ContactsSettings.model_validate(
+        {
+            "database_url": app_url,
+            "bind_host": "127.0.0.1",
+            "grpc_port": free_port(),
+            "metrics_port": 0,
+            "db_pool_min": 1,
+            "db_pool_max": 10,
+            "shutdown_grace_seconds": 2,
+            # These two have platform-wide names (no CONTACTS_ prefix).
+            "NATS_URL": nats_url,
+            "INTERNAL_TOKEN_SECRET": SECRET,
+        }
+    )
+
+
+async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
+    """grpc.health.v1 Check, called by path: the typeshed stub of HealthStub has no methods."""
+    check = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    answer: health_pb2.HealthCheckResponse = await check(
+        health_pb2.HealthCheckRequest(service=service), timeout=5
+    )
+    return answer.status
+
+
+async def wait_for_health(channel: grpc.aio.Channel, wanted: int, seconds: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            if await health_status(channel) == wanted:
+                return
+        except grpc.aio.AioRpcError:
+            pass  # not listening yet
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"health did not become {wanted} in {seconds} s")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Running:
+    """The service under test and ways to look at its database behind its back."""
+
+    channel: grpc.aio.Channel
+    stub: contacts_pb2_grpc.ContactsServiceAsyncStub
+    admin_url: str  # superuser: sees every tenant's rows (RLS does not bind it)
+    app_url: str
+    app_role: str
+
+    async def count(self, table: str, tenant_id: str) -> int:
+        async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
+            cur = await conn.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
+                    psycopg.sql.Identifier(table)
+                ),
+                (tenant_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    async def outbox_types(self, tenant_id: str) -> list[str]:
+        async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
+            cur = await conn.execute(
+                "SELECT ce_type FROM outbox WHERE tenant_id = %s ORDER BY seq", (tenant_id,)
+            )
+            return [r[0] for r in await cur.fetchall()]
+
+    async def outbox_data(self, tenant_id: str) -> list[bytes]:
+        async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
+            cur = await conn.execute(
+                "SELECT data FROM outbox WHERE tenant_id = %s ORDER BY seq", (tenant_id,)
+            )
+            return [bytes(r[0]) for r in await cur.fetchall()]
+
+
+def token(tenant_id: str, scopes: Iterable[str] = READ_WRITE, principal: str = "key-1") -> str:
+    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), SECRET, ttl_seconds=600)
+
+
+@dataclass
+class Tenant:
+    """A fresh tenant; md() is the metadata of its calls with the given scopes."""
+
+    id: str
+
+    def md(self, *scopes: str, principal: str = "key-1") -> tuple[tuple[str, str]]:
+        return ((auth.METADATA_KEY, token(self.id, scopes or READ_WRITE, principal)),)
+
+
+async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error a call fails with (and a test failure if it succeeds)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded")
+
+
+async def create_contact(service: Running, tenant: Tenant, **fields: Any) -> contacts_pb2.Contact:
+    return await service.stub.CreateContact(
+        contacts_pb2.CreateContactRequest(contact=contacts_pb2.Contact(**fields)),
+        metadata=tenant.md(),
+    )
+
+
+async def create_company(service: Running, tenant: Tenant, **fields: Any) -> contacts_pb2.Company:
+    return await service.stub.CreateCompany(
+        contacts_pb2.CreateCompanyRequest(company=contacts_pb2.Company(**fields)),
+        metadata=tenant.md(),
+    )
+
+
+async def define_field(
+    service: Running,
+    tenant: Tenant,
+    name: str,
+    type_: contacts_pb2.FieldType.ValueType,
+    options: Iterable[str] = (),
+    object_type: contacts_pb2.ObjectType.ValueType = contacts_pb2.OBJECT_TYPE_CONTACT,
+) -> contacts_pb2.FieldDefinition:
+    definition = contacts_pb2.FieldDefinition(
+        object_type=object_type, name=name, type=type_, options=options
+    )
+    return await service.stub.CreateFieldDefinition(
+        contacts_pb2.CreateFieldDefinitionRequest(field_definition=definition),
+        metadata=tenant.md("admin"),
+    )
+
+
+def events(raw: list[bytes]) -> list[dict[str, Any]]:
+    return [json.loads(r) for r in raw]
