@@ -20,7 +20,7 @@ from trellis_devstack.infra import Nats, Postgres
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
     # pgserver's Unix socket path must stay short (sun_path is 107 bytes), so no deep tmp dirs.
     data = Path(os.environ.get("TEST_PG_DIR") or f"/tmp/trellis-pg-{uuid.uuid4().hex[:8]}")  # noqa: S108
-    pg = Postgres(data)
+    pg = Postgres(data, keep_data=False)
     yield pg
     pg.stop()
 

@@ -206,7 +206,10 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="trellis-bench-") as tmp:
-        postgres = Postgres(Path(f"/tmp/trellis-pg-bench-{uuid.uuid4().hex[:6]}"))  # noqa: S108
+        postgres = Postgres(
+            Path(f"/tmp/trellis-pg-bench-{uuid.uuid4().hex[:6]}"),  # noqa: S108
+            keep_data=False,
+        )
         nats = Nats(Path(tmp) / "nats")
         nats.start()
         stack = Stack(

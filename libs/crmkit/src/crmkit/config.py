@@ -74,12 +74,8 @@ def load_settings(cls: type[S]) -> S:
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else "?"
             field = cls.model_fields.get(name)
-            alias = field.validation_alias if field else None
-            env = (
-                "/".join(str(c) for c in alias.choices)
-                if isinstance(alias, AliasChoices)
-                else f"{prefix}{name}".upper()
-            )
+            # Platform-wide settings are reported under their alias, which is the env name.
+            env = f"{prefix}{name}".upper() if field is not None else name
             lines.append(f"  {env}: {err['msg']}")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None

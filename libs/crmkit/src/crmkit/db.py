@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import ParamSpec, TypeVar
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from crmkit import metrics
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Conn = AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Conn]
@@ -47,3 +53,27 @@ async def system_tx(pool: Pool) -> AsyncIterator[Conn]:
     """A transaction outside any tenant (outbox relay, inbox): RLS tables show nothing here."""
     async with pool.connection() as conn, conn.transaction():
         yield conn
+
+
+_DEADLOCK_ATTEMPTS = 3
+
+
+def retry_deadlocks(use_case: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Run a use case's transaction again when PostgreSQL rolled it back to break a deadlock.
+
+    Lock order is kept consistent where it can be, but some writes (two records exchanging
+    unique values) can still wait on each other. The victim's transaction was rolled back
+    whole, so running it again is safe; after a few tries the error reaches the interceptor,
+    which answers ABORTED.
+    """
+
+    @functools.wraps(use_case)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for _ in range(_DEADLOCK_ATTEMPTS - 1):
+            try:
+                return await use_case(*args, **kwargs)
+            except psycopg.errors.DeadlockDetected:
+                continue
+        return await use_case(*args, **kwargs)
+
+    return run

@@ -60,6 +60,8 @@ def internal_token_authenticator(secret: str) -> Authenticate:
 def _status_of(exc: BaseException) -> ServiceError:
     if isinstance(exc, ServiceError):
         return exc
+    if isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
+        return ServiceError(grpc.StatusCode.ABORTED, "conflict with a concurrent change; retry")
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
         log.warning("database unavailable", extra={"error": type(exc).__name__})
         return ServiceError(grpc.StatusCode.UNAVAILABLE, "database unavailable, retry later")

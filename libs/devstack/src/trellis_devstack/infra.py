@@ -31,13 +31,14 @@ def free_port() -> int:
 
 
 class Postgres:
-    """A PostgreSQL 16 server owned by this process, stopped when it exits."""
+    """A PostgreSQL 16 server owned by this process, stopped (and its data deleted unless
+    `keep_data`) when it exits."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, keep_data: bool = True) -> None:
         from pgserver.postgres_server import get_server
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = get_server(data_dir, cleanup_mode="stop")
+        self._server = get_server(data_dir, cleanup_mode="stop" if keep_data else "delete")
         self.superuser_url: str = self._server.get_uri()
 
     def url(self, database: str, role: str = "postgres") -> str:

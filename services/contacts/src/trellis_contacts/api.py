@@ -43,8 +43,6 @@ def _domain_errors() -> Iterator[None]:
         raise errors.stale_etag(exc.kind) from None
     except domain.Duplicate as exc:
         raise errors.already_exists(exc.message, exc.field) from None
-    except domain.Conflict as exc:
-        raise errors.ServiceError(grpc.StatusCode.ABORTED, str(exc)) from None
 
 
 def _within_limits(request: Message) -> None:

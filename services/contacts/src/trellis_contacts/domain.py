@@ -53,10 +53,6 @@ class Duplicate(DomainError):
         self.field = field
 
 
-class Conflict(DomainError):
-    """Concurrent writes collided in a way a retry of the request resolves."""
-
-
 # --- values -----------------------------------------------------------------------------------
 
 

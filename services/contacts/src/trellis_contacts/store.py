@@ -10,14 +10,12 @@ row locks of the same transaction, so concurrent requests cannot slip between ch
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from google.protobuf.message import Message
-from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.abc import Params, QueryNoTemplate
 from psycopg.types.json import Jsonb
@@ -31,7 +29,6 @@ from trellis_contacts import domain, mapping
 from trellis_contacts.domain import (
     Company,
     CompanyFields,
-    Conflict,
     Contact,
     ContactFields,
     Duplicate,
@@ -47,10 +44,7 @@ from trellis_contacts.domain import (
 )
 
 DOMAIN = "contacts"
-_ATTEMPTS = 3  # of a transaction PostgreSQL chose as a deadlock's victim
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _CONTACT_COLUMNS = sql.SQL(
     "id, first_name, last_name, emails, phones, company_id, owner_id, tags, lifecycle_stage,"
@@ -228,28 +222,6 @@ async def _lock_company(conn: db.Conn, tenant_id: str, company_id: str) -> None:
         raise Invalid([("contact.company_id", "no such company")])
 
 
-def _retried(use_case: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Run a use case's transaction again when PostgreSQL aborted it to break a deadlock.
-
-    Email claims take their locks in sorted order, but a contact's own addresses are released
-    first, so two writers exchanging addresses can still wait on each other. The victim's
-    transaction was rolled back whole, so running it again is safe and usually just works.
-    """
-
-    @functools.wraps(use_case)
-    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        attempt = 1
-        while True:
-            try:
-                return await use_case(*args, **kwargs)
-            except pg_errors.DeadlockDetected:
-                if attempt == _ATTEMPTS:
-                    raise Conflict("a concurrent change got in the way; retry") from None
-                attempt += 1
-
-    return run
-
-
 # --- contacts ---------------------------------------------------------------------------------
 
 _INSERT_CONTACT = sql.SQL("""
@@ -319,7 +291,7 @@ async def _claim_emails(conn: db.Conn, tenant_id: str, contact: Contact) -> None
         )
 
 
-@_retried
+@db.retry_deadlocks
 async def create_contact(pool: db.Pool, ident: Identity, draft: ContactFields) -> Contact:
     """Store a new contact (draft already normalised) and its contact.created event."""
     tenant_id = ident.tenant_id
@@ -347,7 +319,7 @@ async def get_contact(pool: db.Pool, tenant_id: str, record_id: str) -> Contact:
         return await _select_contact(conn, tenant_id, known)
 
 
-@_retried
+@db.retry_deadlocks
 async def update_contact(
     pool: db.Pool,
     ident: Identity,
