@@ -35,7 +35,7 @@ from crmkit.context import Identity
 from crmkit.ids import new_id
 from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.processes import ServiceProcesses
-from trellis_devstack.stack import SERVICES, Ports, Stack
+from trellis_devstack.stack import SERVICES, Stack
 
 RESULTS = Path(__file__).parent / "results"
 UNLIMITED = {
@@ -212,15 +212,7 @@ def main() -> None:
         )
         nats = Nats(Path(tmp) / "nats")
         nats.start()
-        stack = Stack(
-            postgres=postgres,
-            nats_url=nats.url,
-            ports=Ports.free(),
-            internal_token_secret=uuid.uuid4().hex * 2,
-            bootstrap_key=uuid.uuid4().hex * 2,
-        )
-        stack.provision()
-        stack.migrate()
+        stack = Stack.ephemeral(postgres, nats.url)
         procs = ServiceProcesses(stack, Path(tmp))
         for name in SERVICES:
             procs.start(name, UNLIMITED)

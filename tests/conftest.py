@@ -10,23 +10,14 @@ import pytest
 
 from tests.helpers import Platform, Tenant, new_tenant
 from trellis_devstack.infra import Nats, Postgres
-from trellis_devstack.stack import SERVICES, Ports, Stack
+from trellis_devstack.stack import SERVICES, Stack
 
 
 @pytest.fixture(scope="session")
 def platform(
     postgres: Postgres, nats_server: Nats, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
-    stack = Stack(
-        postgres=postgres,
-        nats_url=nats_server.url,
-        ports=Ports.free(),
-        internal_token_secret=uuid.uuid4().hex * 2,
-        bootstrap_key=uuid.uuid4().hex * 2,
-        db_prefix=f"e2e_{uuid.uuid4().hex[:6]}_",
-    )
-    stack.provision()
-    stack.migrate()
+    stack = Stack.ephemeral(postgres, nats_server.url, db_prefix=f"e2e_{uuid.uuid4().hex[:6]}_")
     running = Platform(stack, tmp_path_factory.mktemp("logs"))
     for name in SERVICES:
         running.start(name)

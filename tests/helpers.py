@@ -5,9 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-import grpc
 import httpx
-from grpc_health.v1 import health_pb2
 
 from trellis_devstack.processes import ServiceProcesses
 
@@ -51,16 +49,3 @@ def new_tenant(platform: Platform, scopes: list[str] | None = None) -> Tenant:
         f"tenant-{uuid.uuid4().hex[:6]}", scopes or ALL_SCOPES
     )
     return Tenant(tenant_id, key, platform.stack.gateway_url)
-
-
-async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
-    """grpc.health.v1 Check (called by path: the typeshed stub of HealthStub has no methods)."""
-    check = channel.unary_unary(
-        "/grpc.health.v1.Health/Check",
-        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-        response_deserializer=health_pb2.HealthCheckResponse.FromString,
-    )
-    answer: health_pb2.HealthCheckResponse = await check(
-        health_pb2.HealthCheckRequest(service=service), timeout=2
-    )
-    return answer.status

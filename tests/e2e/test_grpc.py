@@ -11,7 +11,8 @@ from grpc_health.v1 import health_pb2
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crmkit import auth
 from crmkit.context import Identity
-from tests.helpers import Platform, Tenant, health_status
+from tests.helpers import Platform, Tenant
+from trellis_devstack.probes import health_status
 
 
 def _gateway(platform: Platform) -> grpc.aio.Channel:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import uuid
 from collections import Counter
 
@@ -14,23 +13,11 @@ from grpc_health.v1 import health_pb2
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crmkit import auth
 from crmkit.context import Identity
-from tests.helpers import Platform, Tenant, health_status
+from tests.helpers import Platform, Tenant
 from trellis_devstack.infra import free_port
+from trellis_devstack.probes import wait_for_health
 
 GRACE_SECONDS = 10  # CONTACTS_SHUTDOWN_GRACE_SECONDS in the stack's environment
-
-
-async def _wait_serving(address: str) -> None:
-    deadline = time.monotonic() + 30
-    async with grpc.aio.insecure_channel(address) as channel:
-        while time.monotonic() < deadline:
-            try:
-                if await health_status(channel) == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError("the extra contacts process never became SERVING")
 
 
 async def test_sigterm_during_load(platform: Platform, tenant: Tenant) -> None:
@@ -45,7 +32,8 @@ async def test_sigterm_during_load(platform: Platform, tenant: Tenant) -> None:
     )
     address = f"127.0.0.1:{port}"
     try:
-        await _wait_serving(address)
+        async with grpc.aio.insecure_channel(address) as probe:
+            await wait_for_health(probe, health_pb2.HealthCheckResponse.SERVING, seconds=30)
         token = auth.mint(
             Identity(tenant.id, "load", frozenset({"contacts:write", "contacts:read"})),
             platform.stack.internal_token_secret,

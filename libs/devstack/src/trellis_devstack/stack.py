@@ -7,6 +7,7 @@ newcomer runs.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -49,6 +50,21 @@ class Stack:
     bootstrap_key: str
     db_prefix: str = ""
     urls: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (owner, app)
+
+    @classmethod
+    def ephemeral(cls, postgres: Postgres, nats_url: str, db_prefix: str = "") -> Stack:
+        """A provisioned and migrated stack on free ports with fresh secrets (tests, benchmarks)."""
+        stack = cls(
+            postgres=postgres,
+            nats_url=nats_url,
+            ports=Ports.free(),
+            internal_token_secret=secrets.token_urlsafe(48),
+            bootstrap_key=secrets.token_urlsafe(48),
+            db_prefix=db_prefix,
+        )
+        stack.provision()
+        stack.migrate()
+        return stack
 
     @property
     def gateway_url(self) -> str:

@@ -19,8 +19,9 @@ from crmkit import migrations
 from crmkit.service import serve
 from trellis_contacts.app import DEFINITION
 from trellis_devstack.infra import Nats, Postgres
+from trellis_devstack.probes import wait_for_health
 
-from .support import Running, Tenant, settings_for, wait_for_health
+from .support import Running, Tenant, settings_for
 
 
 @pytest.fixture(scope="session")

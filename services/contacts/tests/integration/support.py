@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
@@ -10,7 +9,6 @@ from typing import Any
 
 import grpc
 import psycopg
-from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crmkit import auth
@@ -37,32 +35,6 @@ def settings_for(app_url: str, nats_url: str) -> ContactsSettings:
             "INTERNAL_TOKEN_SECRET": SECRET,
         }
     )
-
-
-async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
-    """grpc.health.v1 Check, called by path: the typeshed stub of HealthStub has no methods."""
-    check = channel.unary_unary(
-        "/grpc.health.v1.Health/Check",
-        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-        response_deserializer=health_pb2.HealthCheckResponse.FromString,
-    )
-    answer: health_pb2.HealthCheckResponse = await check(
-        health_pb2.HealthCheckRequest(service=service), timeout=5
-    )
-    return answer.status
-
-
-async def wait_for_health(channel: grpc.aio.Channel, wanted: int, seconds: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        try:
-            if await health_status(channel) == wanted:
-                return
-        except grpc.aio.AioRpcError:
-            pass  # not listening yet
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"health did not become {wanted} in {seconds} s")
-        await asyncio.sleep(0.1)
 
 
 @dataclass

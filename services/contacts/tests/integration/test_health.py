@@ -12,8 +12,9 @@ from crmkit import migrations
 from crmkit.service import serve
 from trellis_contacts.app import DEFINITION
 from trellis_devstack.infra import Nats
+from trellis_devstack.probes import health_status, wait_for_health
 
-from .support import health_status, settings_for, wait_for_health
+from .support import settings_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -15,6 +15,7 @@ from crmkit import paging
 from crmkit.context import Identity
 from crmkit.db import Pool
 from crmkit.errors import invalid_field, not_found
+from crmkit.ids import is_uuid
 from trellis_gateway import apikeys
 from trellis_gateway.dispatch import LocalHandler
 
@@ -43,14 +44,6 @@ def _key(row: DictRow) -> gateway_pb2.ApiKey:
     if row["revoke_time"] is not None:
         key.revoke_time.CopyFrom(_ts(row["revoke_time"]))
     return key
-
-
-def _known_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 class Admin:
@@ -87,7 +80,7 @@ class Admin:
         return _tenant(row)
 
     async def get_tenant(self, req: gateway_pb2.GetTenantRequest, _: Identity) -> Message:
-        if not _known_uuid(req.id):
+        if not is_uuid(req.id):
             raise not_found("tenant", req.id)
         async with self._pool.connection() as conn:
             cur = await conn.execute(
@@ -103,7 +96,7 @@ class Admin:
         tenant_id = spec.tenant_id or who.tenant_id
         if tenant_id != who.tenant_id and "platform:admin" not in who.scopes:
             raise invalid_field("api_key.tenant_id", "a key can only be made for your own tenant")
-        if tenant_id == apikeys.PLATFORM_TENANT or not _known_uuid(tenant_id):
+        if tenant_id == apikeys.PLATFORM_TENANT or not is_uuid(tenant_id):
             raise invalid_field("api_key.tenant_id", "name the tenant the key is for")
         name = spec.name.strip()
         if not name:
