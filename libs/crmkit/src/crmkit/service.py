@@ -85,6 +85,32 @@ async def _wait_for_migrations(defn: ServiceDefinition, pool: Pool) -> None:
         await asyncio.sleep(2)
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """SIGTERM or SIGINT starts the shutdown; later ones are ignored (a supervisor such as
+    honcho or the kubelet may send both) so the shutdown runs to its end."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def begin() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, begin)
+    return stop
+
+
+async def _close_bus(nc: NATS) -> None:
+    """Drain NATS if it is there; if it went away first, closing is all that is left to do."""
+    try:
+        await nc.drain()
+    except Exception as exc:  # the server may already be gone at shutdown
+        log.warning("nats drain failed; closing", extra={"error": type(exc).__name__})
+        await nc.close()
+
+
 async def serve(
     defn: ServiceDefinition, settings: ServiceSettings, stop: asyncio.Event | None = None
 ) -> None:
@@ -128,10 +154,7 @@ async def serve(
     tasks = [asyncio.create_task(w.run(), name=type(w).__name__) for w in workers]
 
     if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
 
     ready = asyncio.create_task(_wait_for_migrations(defn, pool))
     ready.add_done_callback(
@@ -156,7 +179,7 @@ async def serve(
     for hook in runtime.on_stop:
         await hook()
     if nc is not None:
-        await nc.drain()
+        await _close_bus(nc)
     await pool.close()
     provider.shutdown()
     log.info("stopped")

@@ -113,6 +113,9 @@ class Nats:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C must not stop NATS before the services
+            # that drain into it; whoever started it stops it last.
+            start_new_session=True,
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
