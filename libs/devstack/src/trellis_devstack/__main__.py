@@ -86,7 +86,9 @@ def run() -> None:
         stack.migrate()
         manager = Manager()
         for name in SERVICES:
-            manager.add_process(name, " ".join(stack.command(name, "serve")), env=stack.env(name))
+            # exec: the service itself, not a shell around it, gets the signals.
+            command = "exec " + " ".join(stack.command(name, "serve"))
+            manager.add_process(name, command, env=stack.env(name))
         threading.Thread(target=_announce, args=(stack, manager), daemon=True).start()
         manager.loop()
     finally:
