@@ -44,12 +44,14 @@ def split_method(full_method: str) -> tuple[str, str]:
 
 
 def internal_token_authenticator(secret: str) -> Authenticate:
+    verifier = auth.Verifier(secret)
+
     async def authenticate(md: dict[str, str], scope: str) -> context.Identity:
         token = md.get(auth.METADATA_KEY)
         if not token:
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "missing identity token")
         try:
-            ident = auth.verify(token, secret)
+            ident = verifier.verify(token)
         except auth.InvalidToken:
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "invalid identity token") from None
         return ident

@@ -53,7 +53,7 @@ def _service_config(service: str, methods: list[str]) -> str:
 @dataclass(frozen=True)
 class Backend:
     channel: grpc.aio.Channel
-    secret: str
+    tokens: auth.TokenCache
     timeout: float
 
 
@@ -82,7 +82,7 @@ class Dispatcher:
             interceptors=aio_client_interceptors(),
         )
         self._channels.append(channel)
-        backend = Backend(channel, secret, timeout)
+        backend = Backend(channel, auth.TokenCache(secret), timeout)
         for name in methods:
             self._remote[f"/{service_descriptor.full_name}/{name}"] = backend
 
@@ -107,7 +107,7 @@ class Dispatcher:
             response_deserializer=response_class.FromString,
         )
         metadata = (
-            (auth.METADATA_KEY, auth.mint(identity, backend.secret)),
+            (auth.METADATA_KEY, backend.tokens.token(identity)),
             ("x-request-id", request_id),
         )
         try:
