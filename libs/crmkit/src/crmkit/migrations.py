@@ -29,6 +29,20 @@ class Migration:
     sql: str
 
 
+def migrations_dir(package_file: str) -> Path:
+    """Where a service's SQL files are, given the `__file__` of a module of its package.
+
+    An installed wheel (the container image) carries them as package data beside the modules,
+    `trellis_<name>/migrations`; a source checkout (an editable install) keeps them in
+    `services/<name>/migrations`, two levels above the package in `src/`.
+    """
+    package = Path(package_file).resolve().parent
+    for candidate in (package / "migrations", package.parents[1] / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no migrations beside {package} nor in {package.parents[1]}")
+
+
 def discover(service: str, service_dir: Path) -> list[Migration]:
     chassis = resources.files("crmkit") / "migrations"
     found = [

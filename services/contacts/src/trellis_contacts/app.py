@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from crmkit.migrations import migrations_dir
 from crmkit.service import Runtime, ServiceDefinition, Worker
 from trellis_contacts.api import ContactsApi
 
-# services/contacts/migrations: beside the package in the source tree (and in the image).
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+# Packaged in the wheel (the image); services/contacts/migrations in a source checkout.
+MIGRATIONS = migrations_dir(__file__)
 
 
 async def wire(runtime: Runtime) -> list[Worker]:

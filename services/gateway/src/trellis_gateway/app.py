@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 from crm.contacts.v1 import contacts_pb2
 from crm.gateway.v1 import gateway_pb2
+from crmkit.migrations import migrations_dir
 from crmkit.periodic import Periodic
 from crmkit.service import Runtime, ServiceDefinition, Worker
 from trellis_gateway import openapi
@@ -101,7 +100,7 @@ async def wire(runtime: Runtime) -> list[Worker]:
 
 DEFINITION = ServiceDefinition(
     name="gateway",
-    migrations_dir=Path(__file__).resolve().parents[2] / "migrations",
+    migrations_dir=migrations_dir(__file__),  # packaged in the wheel, else the source tree
     grpc_services=[s.full_name for s in PUBLISHED],
     wire=wire,
     uses_bus=False,
