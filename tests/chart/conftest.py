@@ -12,7 +12,7 @@ Helpers (import them: `from tests.chart.conftest import render_chart, Render`)
                           or HelmRenderError (a template's `fail`/`required`)
   load_values(name)       the values of ci/<name>.yaml
   merge(base, override)   a deep merge of two values dicts (override wins), for test overrides
-  crd_schema(kind)        the openAPIV3Schema of a CRD in ../shared/k8s-crds, made strict
+  crd_schema(kind)        the openAPIV3Schema of a CRD in deploy/crds, made strict
                           (unknown fields rejected, as the API server's strict field validation)
   Render                  .docs (every manifest), .values (the merged values the render used),
                           .notes, .of_kind(kind), .get(kind, name), .pod_specs()
@@ -34,7 +34,7 @@ from helm_python import Chart
 ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "deploy/helm/trellis"
 CI_DIR = CHART_DIR / "ci"
-CRD_DIR = ROOT.parent / "shared" / "k8s-crds"
+CRD_DIR = ROOT / "deploy" / "crds"  # copies of ../shared/k8s-crds (see its README)
 RELEASE = "trellis"
 NAMESPACE = "crm"
 # The lowest and highest Kubernetes versions we support.
@@ -131,10 +131,7 @@ def _strict(schema: Any) -> Any:
 
 @functools.cache
 def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    assert CRD_DIR.is_dir(), (
-        f"CRD schemas not found at {CRD_DIR}: the chart checks need ../shared/k8s-crds beside "
-        "the repository (ServiceMonitor, PrometheusRule)"
-    )
+    assert CRD_DIR.is_dir(), f"CRD schemas not found at {CRD_DIR} (ServiceMonitor, PrometheusRule)"
     schemas: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted(CRD_DIR.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
@@ -146,14 +143,14 @@ def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
-    """The (strict) openAPIV3Schema of a custom resource, from ../shared/k8s-crds."""
+    """The (strict) openAPIV3Schema of a custom resource, from deploy/crds."""
     schemas = _crd_schemas()
     assert (api_version, kind) in schemas, f"no CRD schema for {api_version} {kind} in {CRD_DIR}"
     return schemas[(api_version, kind)]
 
 
 def crd_kinds() -> set[tuple[str, str]]:
-    """(apiVersion, kind) of every CRD schema in ../shared/k8s-crds."""
+    """(apiVersion, kind) of every CRD schema in deploy/crds."""
     return set(_crd_schemas())
 
 

@@ -28,7 +28,7 @@ RULES = ROOT / "deploy/helm/trellis/files/prometheus-rules.yaml"
 RULES_TEST = ROOT / "deploy/prometheus/rules_test.yaml"
 DASHBOARD = ROOT / "deploy/helm/trellis/files/dashboard.json"
 OPERATIONS = ROOT / "docs/operations.md"
-CRDS = ROOT.parent / "shared" / "k8s-crds"
+CRDS = ROOT / "deploy" / "crds"
 
 # The metric series the services expose (or will: webhooks from notify, SLAs from support),
 # as listed in the Kubernetes contract (issue 3). Histograms count by their `_bucket` series.
@@ -242,9 +242,7 @@ def test_rules_query_only_contract_metrics() -> None:
 
 def test_rules_fit_the_prometheusrule_crd() -> None:
     crd_file = CRDS / "monitoring.coreos.com_prometheusrules.yaml"
-    assert crd_file.is_file(), (
-        f"{crd_file} is missing: the CRD schemas are expected in ../shared/k8s-crds beside the repo"
-    )
+    assert crd_file.is_file(), f"{crd_file} is missing: the CRD schemas are expected in deploy/crds"
     crds = [d for d in yaml.safe_load_all(crd_file.read_text()) if d]
     (version,) = [v for v in crds[0]["spec"]["versions"] if v["name"] == "v1"]
     spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
