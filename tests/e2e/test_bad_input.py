@@ -108,3 +108,9 @@ async def test_bad_ids_are_404_not_500(api: httpx.AsyncClient) -> None:
         r = await api.get(f"/v1/contacts/{probe}")
         assert r.status_code in (400, 404), (probe, r.text)
     _assert_problem(await api.get("/v1/contacts/" + "x" * 65), 400, "id")
+
+
+async def test_methods_no_route_knows_are_problem_json(api: httpx.AsyncClient) -> None:
+    for method in ("OPTIONS", "TRACE"):
+        r = await api.request(method, "/v1/contacts")
+        _assert_problem(r, 405, "")

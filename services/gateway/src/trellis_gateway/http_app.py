@@ -17,6 +17,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route as HttpRoute
@@ -260,6 +261,7 @@ class Gateway:
     def app(self) -> Starlette:
         methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
         app = Starlette(
+            exception_handlers={HTTPException: _http_problem, Exception: _internal_problem},
             routes=[
                 HttpRoute("/healthz", self.healthz, methods=["GET"]),
                 HttpRoute("/readyz", self.readyz, methods=["GET"]),
@@ -269,6 +271,19 @@ class Gateway:
             ],
         )
         return app
+
+
+async def _http_problem(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (an HTTP method no route knows) as problem+json too."""
+    assert isinstance(exc, HTTPException)
+    return problem(
+        exc.status_code, str(exc.detail), request.state.request_id, headers=dict(exc.headers or {})
+    )
+
+
+async def _internal_problem(request: Request, exc: Exception) -> Response:
+    logging.getLogger(__name__).error("unhandled error", exc_info=exc)
+    return problem(500, "internal error", request.state.request_id)
 
 
 def _query_lists(request: Request) -> dict[str, list[str]]:
