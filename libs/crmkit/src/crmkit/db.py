@@ -48,13 +48,6 @@ async def tenant_tx(pool: Pool, tenant_id: str) -> AsyncIterator[Conn]:
         yield conn
 
 
-@asynccontextmanager
-async def system_tx(pool: Pool) -> AsyncIterator[Conn]:
-    """A transaction outside any tenant (outbox relay, inbox): RLS tables show nothing here."""
-    async with pool.connection() as conn, conn.transaction():
-        yield conn
-
-
 _DEADLOCK_ATTEMPTS = 3
 
 

@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from crmkit import auth, context, metrics
 from crmkit.common_options import required_scope_of
-from crmkit.errors import ServiceError
+from crmkit.errors import ServiceError, permission_denied, unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ def internal_token_authenticator(secret: str) -> Authenticate:
     async def authenticate(md: dict[str, str], scope: str) -> context.Identity:
         token = md.get(auth.METADATA_KEY)
         if not token:
-            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "missing identity token")
+            raise unauthenticated("missing identity token")
         try:
             ident = verifier.verify(token)
         except auth.InvalidToken:
-            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "invalid identity token") from None
+            raise unauthenticated("invalid identity token") from None
         return ident
 
     return authenticate
@@ -124,9 +124,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
                 context.request_id.set(md.get("x-request-id"))
                 ident = await authenticate(md, scope)
                 if not ident.allows(scope):
-                    raise ServiceError(
-                        grpc.StatusCode.PERMISSION_DENIED, f"this call needs scope {scope}"
-                    )
+                    raise permission_denied(f"this call needs scope {scope}")
                 context.identity.set(ident)
                 return await inner(request, ctx)
             except grpc.aio.AbortError:

@@ -111,7 +111,7 @@ async def eventually(
 
 
 async def scalar(pool: db.Pool, query: str, *params: Any) -> Any:
-    async with db.system_tx(pool) as conn:
+    async with pool.connection() as conn, conn.transaction():
         row = await (await conn.execute(query, params)).fetchone()
         assert row is not None
         return next(iter(row.values()))

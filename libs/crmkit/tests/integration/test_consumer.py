@@ -43,7 +43,7 @@ async def publish(
 
 
 async def seen(pool: db.Pool, consumer: str) -> list[str]:
-    async with db.system_tx(pool) as conn:
+    async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute("SELECT event_id FROM seen WHERE consumer = %s", (consumer,))
         return [r["event_id"] for r in await cur.fetchall()]
 
@@ -234,7 +234,7 @@ async def test_replicas_share_a_durable_and_process_each_event_once(
         await h.eventually(done, within=15, what="60 events across both replicas")
         await asyncio.sleep(0.2)
 
-    async with db.system_tx(pool) as conn:
+    async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             "SELECT instance, count(*) AS n FROM seen WHERE consumer = %s GROUP BY instance",
             (name,),

@@ -122,7 +122,7 @@ async def test_committed_events_are_published_once_with_envelope_and_trace(
     assert processing.parent is not None
     assert processing.parent.span_id == producer.context.span_id
 
-    async with db.system_tx(pool) as conn:
+    async with pool.connection() as conn, conn.transaction():
         row = await (await conn.execute("SELECT published_at FROM outbox")).fetchone()
     assert row is not None
     assert row["published_at"] is not None
@@ -174,7 +174,7 @@ async def test_nats_outage_and_republishes_still_give_exactly_once_effects(
     seen = "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM seen WHERE consumer = %s"
 
     async def effects() -> tuple[int, int]:
-        async with db.system_tx(pool) as conn:
+        async with pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(seen, (name,))).fetchone()
         assert row is not None
         return row["n"], row["d"]
@@ -210,7 +210,7 @@ async def test_nats_outage_and_republishes_still_give_exactly_once_effects(
 
         # Re-publish everything with two relays racing over the same rows: the stream drops
         # the copies by Nats-Msg-Id, so it still holds each event once.
-        async with db.system_tx(pool) as conn:
+        async with pool.connection() as conn, conn.transaction():
             await conn.execute("UPDATE outbox SET published_at = NULL")
         async with h.running(OutboxRelay(pool, js, source=SOURCE, batch_size=25)):
             await h.eventually(
@@ -304,7 +304,7 @@ async def test_stop_finishes_and_returns_promptly(
     stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
     assert len(stored) == 50
     # Sent in seq order, so the stream holds them in the order they were written.
-    async with db.system_tx(pool) as conn:
+    async with pool.connection() as conn, conn.transaction():
         rows = await (await conn.execute("SELECT id FROM outbox ORDER BY seq")).fetchall()
     assert [m.headers["ce-id"] for m in stored] == [str(r["id"]) for r in rows]
 

@@ -86,9 +86,6 @@ class Dispatcher:
         for name in methods:
             self._remote[f"/{service_descriptor.full_name}/{name}"] = backend
 
-    def knows(self, full_method: str) -> bool:
-        return full_method in self._local or full_method in self._remote
-
     async def call(
         self,
         full_method: str,
