@@ -7,6 +7,7 @@ Both bind to nothing but a Unix socket (PostgreSQL) or 127.0.0.1 (NATS).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,11 +24,35 @@ Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
 Path(os.environ["XDG_RUNTIME_DIR"]).chmod(0o700)
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port free on 127.0.0.1 now, outside the kernel's ephemeral range, not handed out before.
+
+    Outside the ephemeral range, because the many client connections of a test run take their
+    local ports from it and could take a server's port between its choice and its bind; not
+    handed out before, because two servers are often chosen before either binds.
+    """
+    ephemeral = _ephemeral_range()
+    candidates = [p for p in range(10000, 30000) if p not in ephemeral and p not in _handed_out]
+    for port in random.sample(candidates, k=min(200, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError("no free port on 127.0.0.1 outside the ephemeral range")
 
 
 class Postgres:
