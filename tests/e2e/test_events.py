@@ -6,25 +6,38 @@ import asyncio
 import json
 import secrets
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import nats
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from tests.helpers import Platform, Tenant
 
 
-async def test_create_publishes_one_cloudevent_in_the_same_trace(
-    platform: Platform, tenant: Tenant
-) -> None:
+@asynccontextmanager
+async def _events(
+    platform: Platform, subject: str
+) -> AsyncIterator[JetStreamContext.PushSubscription]:
+    """Every event on `subject` from the start of the stream, in order, on its own connection."""
     nc = await nats.connect(platform.stack.nats_url)
     try:
-        js = nc.jetstream()
-        subject = f"crm.events.{tenant.id}.contacts.contact.created"
-        sub = await js.subscribe(
+        sub = await nc.jetstream().subscribe(
             subject,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
+        yield sub
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+async def test_create_publishes_one_cloudevent_in_the_same_trace(
+    platform: Platform, tenant: Tenant
+) -> None:
+    async with _events(platform, f"crm.events.{tenant.id}.contacts.contact.created") as sub:
         trace_id = secrets.token_hex(16)
         traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
         async with tenant.client() as api:
@@ -57,20 +70,10 @@ async def test_create_publishes_one_cloudevent_in_the_same_trace(
         except (TimeoutError, nats.errors.TimeoutError):
             extra = None
         assert extra is None, f"a second event arrived: {extra.headers if extra else None}"
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
 
 
 async def test_update_and_delete_events_carry_versions(platform: Platform, tenant: Tenant) -> None:
-    nc = await nats.connect(platform.stack.nats_url)
-    try:
-        js = nc.jetstream()
-        sub = await js.subscribe(
-            f"crm.events.{tenant.id}.contacts.contact.>",
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
+    async with _events(platform, f"crm.events.{tenant.id}.contacts.contact.>") as sub:
         async with tenant.client() as api:
             cid = (await api.post("/v1/contacts", json={"first_name": "V"})).json()["id"]
             await api.patch(f"/v1/contacts/{cid}", json={"last_name": "Two"})
@@ -91,22 +94,12 @@ async def test_update_and_delete_events_carry_versions(platform: Platform, tenan
             "crm.contacts.contact.updated.v1",
             "crm.contacts.contact.deleted.v1",
         ]
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
 
 
 async def test_idempotent_replay_publishes_no_second_event(
     platform: Platform, tenant: Tenant
 ) -> None:
-    nc = await nats.connect(platform.stack.nats_url)
-    try:
-        js = nc.jetstream()
-        sub = await js.subscribe(
-            f"crm.events.{tenant.id}.contacts.contact.created",
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
+    async with _events(platform, f"crm.events.{tenant.id}.contacts.contact.created") as sub:
         async with tenant.client() as api:
             headers = {"Idempotency-Key": "once"}
             for _ in range(3):
@@ -115,6 +108,3 @@ async def test_idempotent_replay_publishes_no_second_event(
         await sub.next_msg(timeout=20)
         await asyncio.sleep(1)
         assert sub.pending_msgs == 0
-        await sub.unsubscribe()
-    finally:
-        await nc.close()

@@ -78,6 +78,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticate: Authenticate) -> None:
         self._authenticate = authenticate
         self._draining = False
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
         self._inflight = 0
         self._last_arrival = 0.0
 
@@ -104,9 +105,17 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
     ) -> Handler | None:
         handler = await continuation(details)
         full_method: str = details.method
-        service, method = split_method(full_method)
+        service = split_method(full_method)[0]
         if handler is None or handler.unary_unary is None or service in PUBLIC_SERVICES:
             return handler
+        # grpc-aio asks for a handler on every call; the wrapper is built once per method.
+        cached = self._wrapped.get(full_method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[full_method] = (handler, self._wrap(handler, full_method))
+        return cached[1]
+
+    def _wrap(self, handler: Handler, full_method: str) -> Handler:
+        service, method = split_method(full_method)
         scope = required_scope_of(full_method)
         inner: Behavior = handler.unary_unary  # type: ignore[assignment]
         authenticate = self._authenticate

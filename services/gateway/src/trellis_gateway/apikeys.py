@@ -48,6 +48,14 @@ class KeyVerifier:
         self._ttl = ttl
         self._cache: dict[str, _Cached] = {}
 
+    async def verify_authorization(self, header: str) -> Identity | None:
+        """The identity behind an `Authorization: Bearer <key>` value (HTTP header or gRPC
+        metadata); None when it is missing, malformed, unknown or revoked."""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return await self.verify(token.strip())
+
     async def verify(self, presented: str) -> Identity | None:
         """The identity of a valid, unrevoked key; None otherwise."""
         if self._bootstrap and hmac.compare_digest(presented, self._bootstrap):

@@ -19,13 +19,12 @@ from crmkit.limits import check_limits
 from trellis_gateway.apikeys import KeyVerifier
 from trellis_gateway.dispatch import Dispatcher
 from trellis_gateway.ratelimit import RateLimiter
-from trellis_gateway.routes import RouteTable
+from trellis_gateway.routes import Route, RouteTable
 
 
 def api_key_authenticator(verifier: KeyVerifier, limiter: RateLimiter) -> Authenticate:
     async def authenticate(md: dict[str, str], scope: str) -> context.Identity:
-        scheme, _, token = md.get("authorization", "").partition(" ")
-        ident = await verifier.verify(token.strip()) if scheme.lower() == "bearer" else None
+        ident = await verifier.verify_authorization(md.get("authorization", ""))
         if ident is None:
             raise unauthenticated("send a valid API key as 'authorization: Bearer <key>'")
         decision, which = limiter.check(ident.principal, ident.tenant_id)
@@ -41,29 +40,28 @@ def api_key_authenticator(verifier: KeyVerifier, limiter: RateLimiter) -> Authen
 
 class ProxyHandler(grpc.GenericRpcHandler):
     def __init__(self, routes: RouteTable, dispatcher: Dispatcher) -> None:
-        self._by_method = {r.full_method: r for r in routes}
-        self._dispatcher = dispatcher
+        # Built once: grpc asks for a method's handler on every call.
+        self._handlers = {r.full_method: _forwarder(r, dispatcher) for r in routes}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        route = self._by_method.get(details.method)
-        if route is None:
-            return None
-        dispatcher = self._dispatcher
+        return self._handlers.get(details.method)
 
-        async def forward(request: Message, _ctx: grpc.aio.ServicerContext[Any, Any]) -> Message:
-            violations = check_limits(request)
-            if violations:
-                raise invalid(violations)
-            return await dispatcher.call(
-                route.full_method,
-                request,
-                route.response_class,
-                context.current_identity(),
-                context.request_id.get() or "",
-            )
 
-        return grpc.unary_unary_rpc_method_handler(
-            forward,
-            request_deserializer=route.request_class.FromString,
-            response_serializer=lambda m: m.SerializeToString(),
+def _forwarder(route: Route, dispatcher: Dispatcher) -> grpc.RpcMethodHandler[Any, Any]:
+    async def forward(request: Message, _ctx: grpc.aio.ServicerContext[Any, Any]) -> Message:
+        violations = check_limits(request)
+        if violations:
+            raise invalid(violations)
+        return await dispatcher.call(
+            route.full_method,
+            request,
+            route.response_class,
+            context.current_identity(),
+            context.request_id.get() or "",
         )
+
+    return grpc.unary_unary_rpc_method_handler(
+        forward,
+        request_deserializer=route.request_class.FromString,
+        response_serializer=lambda m: m.SerializeToString(),
+    )

@@ -105,13 +105,6 @@ class Gateway:
     max_body_bytes: int
     ready: Callable[[], Awaitable[bool]]
 
-    async def authenticate(self, request: Request) -> Identity | None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        return await self.verifier.verify(token.strip())
-
     async def read_body(self, request: Request, rid: str) -> bytes | Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
@@ -138,7 +131,9 @@ class Gateway:
         route, params = found
         request.state.route = route.path_template
 
-        identity = await self.authenticate(request)
+        identity = await self.verifier.verify_authorization(
+            request.headers.get("authorization", "")
+        )
         if identity is None:
             return problem(
                 401,
