@@ -102,6 +102,16 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
+_MIN_STEP_SECONDS = 5.0
+
+
+async def _bounded(step: Awaitable[object], seconds: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.warning("shutdown step timed out", extra={"step": what, "seconds": seconds})
+
+
 async def _close_bus(nc: NATS) -> None:
     """Drain NATS if it is there; if it went away first, closing is all that is left to do."""
     try:
@@ -174,12 +184,18 @@ async def serve(
     grace_ends = loop_time() + settings.shutdown_grace_seconds
     await runtime.interceptor.drain(settings.shutdown_grace_seconds)
     await server.stop(max(0.5, grace_ends - loop_time()))
-    await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
-    await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
+    # Every later step is bounded too: a worker stuck on a dependency that went away (NATS
+    # gone mid-publish) must not keep the process alive past its grace.
+    left = max(_MIN_STEP_SECONDS, grace_ends - loop_time())
+    stops = asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+    await _bounded(stops, left, "stop workers")
+    _, stuck = await asyncio.wait(tasks, timeout=_MIN_STEP_SECONDS)
+    for task in stuck:
+        task.cancel()
     for hook in runtime.on_stop:
-        await hook()
+        await _bounded(hook(), _MIN_STEP_SECONDS, "stop hook")
     if nc is not None:
-        await _close_bus(nc)
-    await pool.close()
+        await _bounded(_close_bus(nc), _MIN_STEP_SECONDS, "close NATS")
+    await pool.close(timeout=_MIN_STEP_SECONDS)
     provider.shutdown()
     log.info("stopped")
