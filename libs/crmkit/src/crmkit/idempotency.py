@@ -67,8 +67,8 @@ async def once(
     call: Callable[[], Awaitable[Any]],
 ) -> Message:
     """Run `call` at most once per (tenant, caller, key); a repeat returns the first answer."""
-    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise invalid_field(METADATA_KEY, f"1 to {MAX_KEY_LENGTH} printable characters")
+    if len(key) > MAX_KEY_LENGTH:
+        raise invalid_field(METADATA_KEY, f"at most {MAX_KEY_LENGTH} characters")
     who = context.caller()
     fingerprint = request_hash(full_method, request)
     ids = (who.tenant_id, who.principal, key)

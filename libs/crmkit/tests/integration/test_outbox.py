@@ -330,3 +330,145 @@ def test_subjects_and_types() -> None:
     for bad in ("a.b", "*", ">", "", "a b"):
         with pytest.raises(ValueError, match="NATS subject token"):
             bus.event_subject(bad, "sales", "deal", "won")
+
+
+async def _write_versions(pool: db.Pool, tenant: str, records: list[str], versions: int) -> None:
+    """Updates of the same records interleaved across concurrent writers, versions in order
+    per record (as the row lock of an update orders them in a service)."""
+
+    async def one_record(record: str) -> None:
+        for version in range(1, versions + 1):
+            async with db.tenant_tx(pool, tenant) as conn:
+                await write_event(
+                    conn,
+                    events_pb2.ContactUpdated(
+                        contact=contacts_pb2.Contact(id=record, version=version)
+                    ),
+                    tenant_id=tenant,
+                    record_id=record,
+                    record_version=version,
+                )
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(one_record(r) for r in records))
+
+
+def _versions_in_stream_order(stored: list[Any]) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = {}
+    for m in stored:
+        seen.setdefault(m.headers["ce-subject"], []).append(int(m.headers["ce-recordversion"]))
+    return seen
+
+
+class _GatedRelay(OutboxRelay):
+    """A relay that holds its first claimed batch until the test opens the gate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.claimed = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def _publish(self, rows: Any) -> Any:
+        self.claimed.set()
+        await self.gate.wait()
+        return await super()._publish(rows)
+
+
+async def test_a_second_relay_waits_for_the_batch_in_flight_instead_of_overtaking_it(
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, postgres: Postgres, h: Any
+) -> None:
+    tenant, record = new_id(), new_id()
+    await _write_versions(pool, tenant, [record], versions=10)
+    first = _GatedRelay(pool, js, source=SOURCE, batch_size=5)
+    second = OutboxRelay(pool, js, source=SOURCE, batch_size=5)
+    waiting_for_lock = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+        " AND wait_event_type = 'Lock' AND query LIKE '%%crm_outbox_claim%%'"
+    )
+
+    async def second_blocked_or_ahead() -> bool:
+        async with await psycopg.AsyncConnection.connect(postgres.superuser_url) as conn:
+            row = await (await conn.execute(waiting_for_lock, (pool.name,))).fetchone()
+        blocked = row is not None and row[0] > 0
+        ahead = bool(await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>"))
+        return blocked or ahead
+
+    async with h.running(first):
+        await asyncio.wait_for(first.claimed.wait(), 10)  # versions 1-5 claimed, not sent
+        async with h.running(second):
+            await h.eventually(
+                second_blocked_or_ahead, within=10, what="the second relay to try its batch"
+            )
+            first.gate.set()
+            await h.eventually(
+                lambda: h.scalar(
+                    owner, "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"
+                ),
+                within=15,
+                what="all ten events to be published",
+            )
+    stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
+    assert _versions_in_stream_order(stored) == {record: list(range(1, 11))}
+
+
+class _Crash(BaseException):
+    """Ends a relay mid-batch the way a killed process would: nothing after it runs."""
+
+
+class _DyingRelay(OutboxRelay):
+    """A relay that dies after sending half of its first batch (its PubAcks included)."""
+
+    async def _publish(self, rows: Any) -> Any:
+        await super()._publish(rows[: len(rows) // 2])
+        raise _Crash
+
+
+async def test_a_relay_killed_mid_batch_leaves_the_batch_to_the_next_in_order(
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, h: Any
+) -> None:
+    tenant = new_id()
+    records = [new_id() for _ in range(3)]
+    await _write_versions(pool, tenant, records, versions=10)
+    dying = _DyingRelay(pool, js, source=SOURCE, batch_size=30)
+    with pytest.raises(_Crash):
+        await dying.run()
+    # Half the batch reached the stream; the batch's transaction died with the relay.
+    assert len(await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")) == 15
+    assert await h.scalar(owner, "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 30
+    async with h.running(OutboxRelay(pool, js, source=SOURCE, batch_size=30)):
+        await h.eventually(
+            lambda: h.scalar(owner, "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"),
+            within=15,
+            what="the next relay to publish the batch",
+        )
+    stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
+    # The re-published half was dropped by the stream (same Nats-Msg-Id): each event once,
+    # each record's in order.
+    assert len({m.headers["ce-id"] for m in stored}) == len(stored) == 30
+    assert _versions_in_stream_order(stored) == {r: list(range(1, 11)) for r in records}
+
+
+async def test_the_app_role_sees_one_tenants_events_and_the_relay_all(
+    pool: db.Pool, owner: db.Pool
+) -> None:
+    mine, theirs = new_id(), new_id()
+    await write(pool, mine)
+    await write(pool, theirs, 2)
+    for tenant, expected in ((mine, 1), (theirs, 2)):
+        async with db.tenant_tx(pool, tenant) as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM outbox")
+            assert (await cur.fetchone()) == {"n": expected}
+    async with pool.connection() as conn, conn.transaction():  # no tenant: nothing at all
+        assert (await (await conn.execute("SELECT count(*) AS n FROM outbox")).fetchone()) == {
+            "n": 0
+        }
+        # Writing another tenant's event from inside a tenant's transaction is refused.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        async with db.tenant_tx(pool, mine) as conn:
+            await write_event(
+                conn,
+                created(first_name="x"),
+                tenant_id=theirs,
+                record_id=new_id(),
+                record_version=1,
+            )
