@@ -1,8 +1,9 @@
 """Alert rules, their promtool unit tests, their runbooks, and the Grafana dashboard.
 
 - deploy/helm/trellis/files/prometheus-rules.yaml passes `promtool check rules` and fits the
-  PrometheusRule CRD's `spec`; its unit tests (deploy/prometheus/rules_test.yaml) pass
-  `promtool test rules` and show every alert both firing and quiet;
+  PrometheusRule CRD's model (unknown keys rejected); its unit tests
+  (deploy/prometheus/rules_test.yaml) pass `promtool test rules` and show every alert both
+  firing and quiet;
 - every alert carries severity, summary, description and a runbook_url whose anchor is a
   heading of docs/operations.md;
 - every metric the rules and the dashboard query is one the services expose (the contract);
@@ -19,16 +20,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import pydantic
 import pytest
 import yaml
+
+from tests.chart.conftest import CUSTOM_RESOURCES, validate_custom_resource
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy/helm/trellis/files/prometheus-rules.yaml"
 RULES_TEST = ROOT / "deploy/prometheus/rules_test.yaml"
 DASHBOARD = ROOT / "deploy/helm/trellis/files/dashboard.json"
 OPERATIONS = ROOT / "docs/operations.md"
-CRDS = ROOT / "deploy" / "crds"
 
 # The metric series the services expose (or will: webhooks from notify, SLAs from support),
 # as listed in the Kubernetes contract (issue 3). Histograms count by their `_bucket` series.
@@ -240,19 +242,26 @@ def test_rules_query_only_contract_metrics() -> None:
     assert unknown == set(), f"metrics not in the contract: {sorted(unknown)}"
 
 
+def prometheus_rule(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rule groups as the chart's PrometheusRule carries them."""
+    api_version, kind = next(k for k in CUSTOM_RESOURCES if k[1] == "PrometheusRule")
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": "trellis", "namespace": "crm"},
+        "spec": {"groups": groups},
+    }
+
+
 def test_rules_fit_the_prometheusrule_crd() -> None:
-    crd_file = CRDS / "monitoring.coreos.com_prometheusrules.yaml"
-    assert crd_file.is_file(), f"{crd_file} is missing: the CRD schemas are expected in deploy/crds"
-    crds = [d for d in yaml.safe_load_all(crd_file.read_text()) if d]
-    (version,) = [v for v in crds[0]["spec"]["versions"] if v["name"] == "v1"]
-    spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    # The CRD's patterns are Go regexps, so the schema itself is not checked as JSON Schema.
-    validator = jsonschema.Draft7Validator(spec_schema)
-    errors = [
-        f"{list(e.absolute_path)}: {e.message}"
-        for e in validator.iter_errors({"groups": rule_groups()})
-    ]
-    assert errors == []
+    validate_custom_resource(prometheus_rule(rule_groups()))
+
+
+def test_a_mistake_in_a_rule_is_caught() -> None:
+    groups = rule_groups()
+    groups[-1]["rules"][0]["fro"] = groups[-1]["rules"][0].pop("for")
+    with pytest.raises(pydantic.ValidationError, match=r"spec\.groups\.1\.rules\.0\.fro\n"):
+        validate_custom_resource(prometheus_rule(groups))
 
 
 # ---------------------------------------------------------------------------------- dashboard

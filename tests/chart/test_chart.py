@@ -5,8 +5,9 @@
    inside a service entry) and negative counts, naming the value; cross-entry mistakes fail
    the render with a message.
 3. Every manifest validates against the Kubernetes schemas (strict, lowest and highest
-   supported versions); ServiceMonitor/PrometheusRule against their CRD schemas; the
-   CloudNativePG Cluster minimally (no CRD schema is available).
+   supported versions); ServiceMonitor/PrometheusRule against the models of their CRDs
+   (cloudcoil-models-prometheus-operator), unknown fields rejected; the CloudNativePG
+   Cluster on the fields the chart relies on (no model of its CRD is published).
 4. checkov finds nothing on the production-like render; every skip is an annotation in the
    chart with its reason.
 5. Wiring: *_ADDR variables name rendered Services and their ports; probes target declared
@@ -19,17 +20,19 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import pydantic
 import pytest
 import yaml
 from helm_python import HelmRenderError, HelmValuesError, lint
@@ -37,16 +40,16 @@ from helm_python import HelmRenderError, HelmValuesError, lint
 from tests.chart.conftest import (
     CHART_DIR,
     CI_SETS,
+    CUSTOM_RESOURCES,
     K8S_VERSIONS,
     NAMESPACE,
     RELEASE,
     Manifest,
     Render,
-    crd_kinds,
-    crd_schema,
     load_values,
     merge,
     render_chart,
+    validate_custom_resource,
 )
 
 CHART_META: dict[str, Any] = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
@@ -372,7 +375,8 @@ CNPG_API = "postgresql.cnpg.io/v1"
 
 
 def _validate_cnpg_cluster(doc: Manifest) -> None:
-    """No CRD schema of CloudNativePG is available here: the fields the chart relies on."""
+    """No model of CloudNativePG's CRD is published (nor may its CRD be copied here): the fields
+    the chart relies on, and no other."""
     assert doc["apiVersion"] == CNPG_API
     assert doc["kind"] == "Cluster"
     spec = doc["spec"]
@@ -392,13 +396,10 @@ def _validate_cnpg_cluster(doc: Manifest) -> None:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("value_set", CI_SETS)
 def test_manifests_validate(renders: dict[str, Render], value_set: str, version: str) -> None:
-    custom = crd_kinds()
     for doc in renders[value_set].docs:
         where = f"{doc['kind']}/{doc['metadata']['name']}"
-        key = (doc["apiVersion"], doc["kind"])
-        if key in custom:
-            errors = sorted(jsonschema.Draft7Validator(crd_schema(*key)).iter_errors(doc), key=str)
-            assert not errors, f"{where}: {errors[0].message} at {list(errors[0].path)}"
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_RESOURCES:
+            validate_custom_resource(doc)
         elif doc["apiVersion"] == CNPG_API:
             _validate_cnpg_cluster(doc)
         else:
@@ -409,12 +410,52 @@ def test_manifests_validate(renders: dict[str, Render], value_set: str, version:
                 pytest.fail(f"{where} (Kubernetes {version}): {path}: {error.message}")
 
 
-def test_crd_validation_catches_unknown_fields(renders: dict[str, Render]) -> None:
-    monitor = renders[PROD].get("ServiceMonitor", RELEASE)
-    broken = merge(monitor, {"spec": {"endpoints": [{"port": "metrics", "intervall": "5s"}]}})
-    validator = jsonschema.Draft7Validator(crd_schema(monitor["apiVersion"], "ServiceMonitor"))
-    assert not list(validator.iter_errors(monitor))
-    assert list(validator.iter_errors(broken))
+def test_monitoring_resources_are_validated(renders: dict[str, Render]) -> None:
+    kinds = {(d["apiVersion"], d["kind"]) for d in renders[PROD].docs}
+    assert set(CUSTOM_RESOURCES) <= kinds, "production renders every custom resource checked"
+
+
+MONITOR_MISTAKES = [
+    pytest.param(
+        lambda m: m["spec"].update(endpoint=m["spec"].pop("endpoints")),
+        r"spec\.endpoints\n  Field required.*spec\.endpoint\n  Extra inputs are not permitted",
+        id="endpoint-for-endpoints",
+    ),
+    pytest.param(
+        lambda m: m["spec"]["endpoints"][0].update(intervall="5s"),
+        r"spec\.endpoints\.0\.intervall\n  Extra inputs are not permitted",
+        id="unknown-key-in-endpoint",
+    ),
+    pytest.param(
+        lambda m: m["spec"]["endpoints"][0].update(interval="30 seconds"),
+        r"spec\.endpoints\.0\.interval\n  String should match pattern",
+        id="duration-pattern",
+    ),
+    pytest.param(
+        lambda m: m["spec"]["endpoints"][0]["relabelings"][0].update(action="copy"),
+        r"spec\.endpoints\.0\.relabelings\.0\.action\n  Input should be",
+        id="relabel-action-enum",
+    ),
+]
+
+
+@pytest.mark.parametrize(("mistake", "message"), MONITOR_MISTAKES)
+def test_monitoring_validation_catches_mistakes(
+    renders: dict[str, Render], mistake: Callable[[Manifest], None], message: str
+) -> None:
+    monitor = copy.deepcopy(renders[PROD].get("ServiceMonitor", RELEASE))
+    validate_custom_resource(monitor)
+    mistake(monitor)
+    with pytest.raises(pydantic.ValidationError, match=re.compile(message, re.DOTALL)):
+        validate_custom_resource(monitor)
+
+
+def test_monitoring_validation_catches_converted_values(renders: dict[str, Render]) -> None:
+    # Pydantic's lax mode takes the string "true" for a boolean; the API server does not.
+    monitor = copy.deepcopy(renders[PROD].get("ServiceMonitor", RELEASE))
+    monitor["spec"]["endpoints"][0]["honorLabels"] = "true"
+    with pytest.raises(AssertionError, match="values the CRD converts"):
+        validate_custom_resource(monitor)
 
 
 def test_cnpg_cluster_is_rendered_only_when_asked(renders: dict[str, Render]) -> None:
