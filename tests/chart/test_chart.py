@@ -971,7 +971,9 @@ def test_deployments(renders: dict[str, Render], value_set: str) -> None:
         (container,) = spec["containers"]
         env = container_env(r, container)
         prefix = env_prefix(name)
-        assert container["command"] == ["python", "-m", f"trellis_{name}", "serve"]
+        # the image's entrypoint runs the service; the chart only picks its command
+        assert "command" not in container
+        assert container["args"] == ["serve"]
         grace = int(env[f"{prefix}_SHUTDOWN_GRACE_SECONDS"])
         assert spec["terminationGracePeriodSeconds"] > grace
         assert spec["serviceAccountName"] == fullname(name)
@@ -1146,7 +1148,8 @@ def test_hook_resources_come_first(renders: dict[str, Render], value_set: str) -
         assert "before-hook-creation" in job["metadata"]["annotations"][HOOK_DELETE]
         spec = job["spec"]["template"]["spec"]
         (container,) = spec["containers"]
-        assert container["command"] == ["python", "-m", f"trellis_{name}", "migrate"]
+        assert "command" not in container
+        assert container["args"] == ["migrate"]
         env = container_env(r, container)
         prefix = env_prefix(name)
         assert env[f"{prefix}_APP_DB_ROLE"] == (svcs[name]["database"]["appRole"] or f"{name}_app")
