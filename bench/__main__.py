@@ -30,7 +30,7 @@ import grpc
 import httpx
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import auth, db
+from crmkit import db
 from crmkit.context import Identity
 from crmkit.ids import new_id
 from trellis_devstack.infra import Nats, Postgres
@@ -219,10 +219,8 @@ def main() -> None:
         try:
             stack.wait_ready()
             tenant, key = stack.create_tenant("bench", ["contacts:read", "contacts:write"])
-            token = auth.mint(
-                Identity(tenant, "bench", frozenset({"contacts:read", "contacts:write"})),
-                stack.internal_token_secret,
-                ttl_seconds=3600,
+            token = stack.mint(
+                Identity(tenant, "bench", frozenset({"contacts:read", "contacts:write"}))
             )
             n, c = args.requests, args.concurrency
             figures = [

@@ -107,7 +107,7 @@ async def test_services_refuse_calls_without_a_valid_internal_token(
     platform: Platform, tenant: Tenant
 ) -> None:
     ident = Identity(tenant.id, "intruder", frozenset({"admin"}))
-    forged = auth.mint(ident, "not-the-platform-secret-" * 2)
+    forged = auth.mint(ident, auth.SigningKey.generate("gateway-1"))  # the kid, not the key
     async with _contacts(platform) as channel:
         stub = contacts_pb2_grpc.ContactsServiceStub(channel)
         for metadata in [(), (("trellis-identity", "garbage"),), (("trellis-identity", forged),)]:

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import auth, bus, db, migrations
+from crmkit import bus, db, migrations
 from crmkit.consumer import Consumer, Event
 from crmkit.context import Identity
 from tests.helpers import Platform, Tenant
@@ -45,11 +45,7 @@ async def test_contacts_created_during_a_nats_outage_arrive_exactly_once(
     tmp_path: Path,
 ) -> None:
     pool = await _consumer_pool(*fresh_db, str(tmp_path))
-    token = auth.mint(
-        Identity(tenant.id, "outage-test", frozenset({"contacts:write"})),
-        platform.stack.internal_token_secret,
-        ttl_seconds=600,
-    )
+    token = platform.stack.mint(Identity(tenant.id, "outage-test", frozenset({"contacts:write"})))
     created: list[str] = []
     nats_server.stop()
     try:

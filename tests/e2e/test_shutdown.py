@@ -11,7 +11,6 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import auth
 from crmkit.context import Identity
 from tests.helpers import Platform, Tenant
 from trellis_devstack.infra import free_port
@@ -34,9 +33,8 @@ async def test_sigterm_during_load(platform: Platform, tenant: Tenant) -> None:
     try:
         async with grpc.aio.insecure_channel(address) as probe:
             await wait_for_health(probe, health_pb2.HealthCheckResponse.SERVING, seconds=30)
-        token = auth.mint(
-            Identity(tenant.id, "load", frozenset({"contacts:write", "contacts:read"})),
-            platform.stack.internal_token_secret,
+        token = platform.stack.mint(
+            Identity(tenant.id, "load", frozenset({"contacts:write", "contacts:read"}))
         )
         md = (("trellis-identity", token),)
         tag = f"load-{uuid.uuid4().hex[:8]}"

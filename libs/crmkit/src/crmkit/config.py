@@ -6,15 +6,24 @@ import os
 import sys
 from typing import TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crmkit import auth
 
 
 class ServiceSettings(BaseSettings):
     """Settings every service has.
 
     Service-specific variables carry the service's prefix (CONTACTS_DATABASE_URL); the ones the
-    whole platform shares (NATS_URL, INTERNAL_TOKEN_SECRET, OTEL_*) have fixed names.
+    whole platform shares (NATS_URL, INTERNAL_TOKEN_*, OTEL_*) have fixed names.
     """
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
@@ -47,10 +56,21 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("NATS_STREAM_MAX_AGE_DAYS"),
         description="how long events stay in CRM_EVENTS (and dead letters in CRM_DLQ) to replay",
     )
-    internal_token_secret: SecretStr = Field(
-        min_length=32,
-        validation_alias=AliasChoices("INTERNAL_TOKEN_SECRET"),
-        description="shared HMAC secret of the gateway's signed identity tokens",
+    internal_token_public_keys: str = Field(
+        validation_alias=AliasChoices("INTERNAL_TOKEN_PUBLIC_KEYS"),
+        description="JWKS (JSON) of the Ed25519 keys whose identity tokens this service trusts",
+    )
+    internal_token_private_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("INTERNAL_TOKEN_PRIVATE_KEY"),
+        description="PEM Ed25519 key this process signs identity tokens with (the gateway's, "
+        "or a service's own), from a Secret",
+    )
+    internal_token_key_id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9]*-[A-Za-z0-9_.-]{1,64}$",
+        validation_alias=AliasChoices("INTERNAL_TOKEN_KEY_ID"),
+        description="the signing key's id, <issuer>-<version> (e.g. gateway-1)",
     )
     otlp_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -60,6 +80,34 @@ class ServiceSettings(BaseSettings):
         pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
         validation_alias=AliasChoices("LOG_LEVEL"),
     )
+
+    @field_validator("internal_token_public_keys")
+    @classmethod
+    def _jwks(cls, value: str) -> str:
+        auth.load_jwks(value)  # ValueError names what is wrong
+        return value
+
+    @model_validator(mode="after")
+    def _signing_key(self) -> ServiceSettings:
+        if (self.internal_token_private_key is None) != (self.internal_token_key_id is None):
+            raise ValueError("INTERNAL_TOKEN_PRIVATE_KEY and INTERNAL_TOKEN_KEY_ID go together")
+        self.signing_key()  # a key that does not load fails here, at start
+        return self
+
+    def trusted_keys(self) -> dict[str, auth.TrustedKey]:
+        return auth.load_jwks(self.internal_token_public_keys)
+
+    def signing_key(self) -> auth.SigningKey | None:
+        if self.internal_token_private_key is None or self.internal_token_key_id is None:
+            return None
+        try:
+            return auth.SigningKey.from_pem(
+                self.internal_token_key_id, self.internal_token_private_key.get_secret_value()
+            )
+        except (ValueError, TypeError):
+            raise ValueError(
+                "INTERNAL_TOKEN_PRIVATE_KEY is not a PEM Ed25519 private key"
+            ) from None
 
     def callees(self) -> dict[str, str]:
         """host:port of each service this one calls, by name, from `<PREFIX><CALLEE>_ADDR`
@@ -83,7 +131,10 @@ def load_settings(cls: type[S]) -> S:
         prefix = str(cls.model_config.get("env_prefix", ""))
         lines = [f"configuration error in {cls.__name__}:"]
         for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a rule over several variables names them itself
+                lines.append(f"  {err['msg']}")
+                continue
+            name = str(err["loc"][0])
             field = cls.model_fields.get(name)
             # Platform-wide settings are reported under their alias, which is the env name.
             env = f"{prefix}{name}".upper() if field is not None else name

@@ -159,7 +159,7 @@ async def serve(
         nc=nc,
         js=js,
         authenticate=grpc_server.internal_token_authenticator(
-            auth.Verifier(settings.internal_token_secret.get_secret_value())
+            auth.Verifier(settings.trusted_keys())
         ),
         records_idempotency_keys=defn.records_idempotency_keys,
         grpc_services=list(defn.grpc_services),

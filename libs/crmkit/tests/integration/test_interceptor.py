@@ -18,7 +18,7 @@ from crmkit import auth, grpc_server
 from crmkit.context import Identity, caller
 from trellis_devstack.infra import free_port
 
-SECRET = "interceptor-test-secret-0123456789abcdef"
+KEY = auth.SigningKey.generate("gateway-test")
 TENANT = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -58,7 +58,10 @@ class Hosted:
 @pytest.fixture
 async def hosted() -> AsyncIterator[Hosted]:
     server, chassis = grpc_server.build_server(
-        grpc_server.internal_token_authenticator(auth.Verifier(SECRET)), None
+        grpc_server.internal_token_authenticator(
+            auth.Verifier(auth.load_jwks(auth.jwks(KEY.public_jwk())))
+        ),
+        None,
     )
     probe = Probe()
     served: dict[str, tuple[Any, type[Message]]] = {
@@ -95,7 +98,7 @@ async def hosted() -> AsyncIterator[Hosted]:
 
 
 def md(tenant: str = TENANT, scopes: tuple[str, ...] = ("admin",)) -> tuple[tuple[str, str]]:
-    token = auth.mint(Identity(tenant, "key:probe", frozenset(scopes)), SECRET)
+    token = auth.mint(Identity(tenant, "key:probe", frozenset(scopes)), KEY)
     return ((auth.METADATA_KEY, token),)
 
 

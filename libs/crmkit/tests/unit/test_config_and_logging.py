@@ -9,10 +9,12 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic_settings import SettingsConfigDict
 
-from crmkit import context
+from crmkit import auth, context
 from crmkit.config import ServiceSettings, load_settings
 from crmkit.context import Identity
 from crmkit.logging import JsonFormatter
+
+JWKS = auth.jwks(auth.SigningKey.generate("gateway-1").public_jwk())
 
 
 class DemoSettings(ServiceSettings):
@@ -23,7 +25,8 @@ def test_missing_and_invalid_variables_are_named(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("DEMO_DATABASE_URL", raising=False)
-    monkeypatch.setenv("INTERNAL_TOKEN_SECRET", "too-short")
+    monkeypatch.setenv("INTERNAL_TOKEN_PUBLIC_KEYS", "not json")
+    monkeypatch.setenv("INTERNAL_TOKEN_PRIVATE_KEY", "too-short-to-be-a-key")
     monkeypatch.setenv("DEMO_GRPC_PORT", "99999")
     with pytest.raises(SystemExit) as stopped:
         load_settings(DemoSettings)
@@ -31,14 +34,28 @@ def test_missing_and_invalid_variables_are_named(
     err = capsys.readouterr().err
     assert "DEMO_DATABASE_URL: Field required" in err
     assert "DEMO_GRPC_PORT:" in err
-    assert "INTERNAL_TOKEN_SECRET:" in err
-    assert "DEMO_INTERNAL_TOKEN_SECRET" not in err
+    assert "INTERNAL_TOKEN_PUBLIC_KEYS: Value error, not a JWKS" in err
+    assert "DEMO_INTERNAL_TOKEN_PUBLIC_KEYS" not in err
     assert "too-short" not in err  # a secret's value never reaches the output
+
+
+def test_a_signing_key_that_does_not_load_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DEMO_DATABASE_URL", "postgresql://app@/db")
+    monkeypatch.setenv("INTERNAL_TOKEN_PUBLIC_KEYS", JWKS)
+    monkeypatch.setenv("INTERNAL_TOKEN_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nsecret-ish")
+    monkeypatch.setenv("INTERNAL_TOKEN_KEY_ID", "gateway-1")
+    with pytest.raises(SystemExit):
+        load_settings(DemoSettings)
+    err = capsys.readouterr().err
+    assert "INTERNAL_TOKEN_PRIVATE_KEY is not a PEM Ed25519 private key" in err
+    assert "secret-ish" not in err
 
 
 def test_valid_environment_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEMO_DATABASE_URL", "postgresql://app@/db")
-    monkeypatch.setenv("INTERNAL_TOKEN_SECRET", "x" * 32)
+    monkeypatch.setenv("INTERNAL_TOKEN_PUBLIC_KEYS", JWKS)
     monkeypatch.setenv("NATS_URL", "nats://10.0.0.1:4222")
     settings = load_settings(DemoSettings)
     assert settings.database_url == "postgresql://app@/db"

@@ -28,6 +28,7 @@ class ServiceDecl:
     database: bool
     # Environment variables taken from the chart's `secrets` entries: {ENV_NAME: entry name}.
     secret_env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # the entry's plain `env`
 
     @property
     def prefix(self) -> str:
@@ -89,6 +90,7 @@ def load(path: Path = CHART_VALUES) -> Declaration:
             callers=tuple(merged.get("callers", [])),
             database=bool(merged.get("database", {}).get("enabled", True)),
             secret_env=dict(merged.get("secretEnv", {})),
+            env={k: str(v) for k, v in merged.get("env", {}).items()},
         )
     declaration = Declaration(services)
     declaration.start_order()  # refuses a cyclic call graph early

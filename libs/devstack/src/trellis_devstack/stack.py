@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from crmkit import auth
+from crmkit.context import Identity
 from trellis_devstack import declaration
 from trellis_devstack.declaration import GATEWAY, Declaration
 from trellis_devstack.infra import Postgres, free_port
@@ -23,6 +25,7 @@ from trellis_devstack.infra import Postgres, free_port
 Ports = dict[str, dict[str, int]]  # service -> port name -> port on 127.0.0.1
 
 _LOCAL_METRICS_BASE = 9100
+_PRIVATE_KEY, _KEY_ID = "INTERNAL_TOKEN_PRIVATE_KEY", "INTERNAL_TOKEN_KEY_ID"
 
 
 def fixed_ports(decl: Declaration) -> Ports:
@@ -83,9 +86,24 @@ class Stack:
     def services(self) -> list[str]:
         return self.decl.start_order()
 
-    @property
-    def internal_token_secret(self) -> str:
-        return self.secrets["internalToken"]
+    def signing_keys(self) -> dict[str, auth.SigningKey]:
+        """The identity-token keys of the services that sign (the gateway), by service."""
+        found = {}
+        for name, svc in self.decl.services.items():
+            entry = svc.secret_env.get(_PRIVATE_KEY)
+            if entry is not None:
+                found[name] = auth.SigningKey.from_pem(svc.env[_KEY_ID], self.secrets[entry])
+        return found
+
+    def public_keys(self) -> str:
+        """INTERNAL_TOKEN_PUBLIC_KEYS: the JWKS of every signing key (the chart's
+        internalToken.publicKeys)."""
+        return auth.jwks(*(key.public_jwk() for key in self.signing_keys().values()))
+
+    def mint(self, ident: Identity) -> str:
+        """An identity token as the gateway would send it, for as long as services accept one
+        (tests and benchmarks call services directly with it)."""
+        return auth.mint(ident, self.signing_keys()[GATEWAY], auth.MAX_LIFETIME_SECONDS)
 
     @property
     def bootstrap_key(self) -> str:
@@ -118,11 +136,12 @@ class Stack:
             **os.environ,
             **self.extra_env,
             "NATS_URL": self.nats_url,
-            "INTERNAL_TOKEN_SECRET": self.internal_token_secret,
+            "INTERNAL_TOKEN_PUBLIC_KEYS": self.public_keys(),
             f"{prefix}_BIND_HOST": "127.0.0.1",
             f"{prefix}_SHUTDOWN_GRACE_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",
         }
+        env |= svc.env
         for port, number in self.ports[name].items():
             env[f"{prefix}_{port.upper()}_PORT"] = str(number)
         for callee in self.decl.callees(name):
@@ -175,6 +194,6 @@ class Stack:
 def new_secrets() -> dict[str, str]:
     """Fresh values for every secret the chart declares a service may need."""
     return {
-        "internalToken": secrets.token_urlsafe(48),
+        "internalTokenSigningKey": auth.SigningKey.generate("local").pem(),
         "bootstrapAdminKey": secrets.token_urlsafe(48),
     }

@@ -16,7 +16,7 @@ from crmkit.context import Identity
 from trellis_contacts.config import ContactsSettings
 from trellis_devstack.infra import free_port
 
-SECRET = "contacts-test-internal-token-secret-0123456789"
+KEY = auth.SigningKey.generate("gateway-test")
 READ_WRITE = ("contacts:read", "contacts:write")
 
 
@@ -32,7 +32,7 @@ def settings_for(app_url: str, nats_url: str) -> ContactsSettings:
             "shutdown_grace_seconds": 2,
             # These two have platform-wide names (no CONTACTS_ prefix).
             "NATS_URL": nats_url,
-            "INTERNAL_TOKEN_SECRET": SECRET,
+            "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
         }
     )
 
@@ -75,7 +75,7 @@ class Running:
 
 
 def token(tenant_id: str, scopes: Iterable[str] = READ_WRITE, principal: str = "key-1") -> str:
-    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), SECRET, ttl_seconds=600)
+    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), KEY, ttl_seconds=120)
 
 
 @dataclass

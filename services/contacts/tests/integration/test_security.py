@@ -13,7 +13,7 @@ from crm.contacts.v1 import contacts_pb2
 from crmkit import auth
 from crmkit.context import Identity
 
-from .support import SECRET, Running, Tenant, create_company, create_contact, failure
+from .support import KEY, Running, Tenant, create_company, create_contact, failure
 
 
 async def test_another_tenant_gets_not_found_and_empty_lists(
@@ -93,24 +93,24 @@ async def test_ids_that_cannot_exist_are_not_found(
     assert err.code() is grpc.StatusCode.NOT_FOUND
 
 
-def _token(tenant_id: str, secret: str, ttl: int = 60) -> tuple[tuple[str, str]]:
+def _token(tenant_id: str, key: auth.SigningKey, ttl: int = 60) -> tuple[tuple[str, str]]:
     ident = Identity(tenant_id, "key-1", frozenset({"contacts:read"}))
-    return ((auth.METADATA_KEY, auth.mint(ident, secret, ttl_seconds=ttl)),)
+    return ((auth.METADATA_KEY, auth.mint(ident, key, ttl_seconds=ttl)),)
 
 
 async def test_calls_without_a_valid_token_are_unauthenticated(
     service: Running, tenant: Tenant
 ) -> None:
     request = contacts_pb2.ListContactsRequest()
-    wrong_secret = _token(tenant.id, "another-secret-of-at-least-32-characters")
-    expired = _token(tenant.id, SECRET, ttl=-120)
-    no_tenant = _token("not-a-tenant-id", SECRET)
+    wrong_key = _token(tenant.id, auth.SigningKey.generate(KEY.kid))
+    expired = _token(tenant.id, KEY, ttl=-120)
+    no_tenant = _token("not-a-tenant-id", KEY)
     for metadata in (
         (),
         ((auth.METADATA_KEY, ""),),
         ((auth.METADATA_KEY, "garbage"),),
         (("x-tenant-id", tenant.id),),  # a bare header is never trusted
-        wrong_secret,
+        wrong_key,
         expired,
         no_tenant,
     ):

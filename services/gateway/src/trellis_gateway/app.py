@@ -46,7 +46,10 @@ async def wire(runtime: Runtime) -> list[Worker]:
     dispatcher = Dispatcher()
     grantable = contract.grantable_scopes(published)
     dispatcher.add_local(Admin(runtime.pool, verifier, grantable).handlers())
-    tokens = auth.TokenCache(settings.internal_token_secret.get_secret_value())
+    signing_key = settings.signing_key()
+    if signing_key is None or signing_key.issuer != auth.GATEWAY:
+        raise contract.ContractError("the gateway needs its signing key (INTERNAL_TOKEN_*)")
+    tokens = auth.TokenCache(signing_key)
     for name, services in backends.items():
         address = settings.callees()[name]
         dispatcher.add_backend(name, services, address, tokens, settings.backend_timeout_seconds)
