@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -17,6 +17,32 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crmkit import auth
+
+
+class TracingSettings(BaseSettings):
+    """The standard OpenTelemetry exporter variables, checked at start (the SDK and the OTLP
+    exporters read them again themselves)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    any_protocol: Literal["grpc", "http/protobuf"] = Field(
+        default="grpc", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    traces_protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    )
+
+    @property
+    def exporting(self) -> bool:
+        return bool(self.endpoint or self.traces_endpoint)
+
+    @property
+    def protocol(self) -> str:
+        return self.traces_protocol or self.any_protocol
 
 
 class ServiceSettings(BaseSettings):
@@ -72,9 +98,7 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("INTERNAL_TOKEN_KEY_ID"),
         description="the signing key's id, <issuer>-<version> (e.g. gateway-1)",
     )
-    otlp_endpoint: str | None = Field(
-        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
-    )
+    tracing: TracingSettings = Field(default_factory=lambda: TracingSettings())
     log_level: str = Field(
         default="INFO",
         pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",

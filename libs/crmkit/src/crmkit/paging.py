@@ -16,6 +16,8 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+from google.protobuf.message import Message
+
 from crmkit.errors import invalid_field
 
 DEFAULT_PAGE_SIZE = 50
@@ -23,7 +25,7 @@ DEFAULT_PAGE_SIZE = 50
 # What a sort key may hold: JSON scalars that round-trip exactly.
 Key = str | int
 _KEY_TYPES = (str, int)
-T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
 def page_size(requested: int) -> int:
@@ -69,15 +71,31 @@ def decode_page_token(
     return after
 
 
+# A page stays well under gRPC's default 4 MiB message limit, whatever its records hold.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
+
+
 def next_page(
-    rows: Sequence[T], size: int, key: Callable[[T], Sequence[Key]], filters: Mapping[str, object]
-) -> tuple[list[T], str]:
+    items: Sequence[M],
+    size: int,
+    key: Callable[[M], Sequence[Key]],
+    filters: Mapping[str, object],
+    max_bytes: int = MAX_PAGE_BYTES,
+) -> tuple[list[M], str]:
     """Split what a query fetched with LIMIT size + 1 into the page and the next page's token.
 
     The one extra row says whether another page exists without a count query; the token is
-    "" on the last page.
+    "" on the last page. A page also ends early, with a token, before its messages would
+    exceed `max_bytes`: records near their field limits must not make a page too large to
+    send.
     """
-    page = list(rows[:size])
-    if len(rows) <= size:
+    page: list[M] = []
+    total = 0
+    for item in items[:size]:
+        total += item.ByteSize()
+        if page and total > max_bytes:
+            return page, encode_page_token(key(page[-1]), filters)
+        page.append(item)
+    if len(items) <= size:
         return page, ""
     return page, encode_page_token(key(page[-1]), filters)

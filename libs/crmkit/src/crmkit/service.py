@@ -135,7 +135,7 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT, or until `stop` is set when given (tests host services so)."""
     configure_logging(defn.name, settings.log_level)
-    provider = telemetry.setup_tracing(defn.name, settings.otlp_endpoint)
+    provider = telemetry.setup_tracing(defn.name, settings.tracing)
     metrics.serve_metrics(settings.bind_host, settings.metrics_port)
 
     pool = await db.open_pool(
@@ -215,5 +215,6 @@ async def serve(
     if nc is not None:
         await _bounded(_close_bus(nc), _MIN_STEP_SECONDS, "close NATS")
     await pool.close(timeout=_MIN_STEP_SECONDS)
-    provider.shutdown()
+    if provider is not None:
+        provider.shutdown()
     log.info("stopped")

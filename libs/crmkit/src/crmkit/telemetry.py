@@ -9,22 +9,52 @@ from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from crmkit.config import TracingSettings
+
+
+def _exporter(settings: TracingSettings) -> SpanExporter | None:
+    """The OTLP exporter the standard OTEL_EXPORTER_OTLP_* variables ask for, if any.
+
+    The exporters read their endpoint, headers and timeouts from the same variables
+    themselves; only the protocol decides which one to build.
+    """
+    if not settings.exporting:
+        return None
+    if settings.protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        return HttpExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcExporter,
+    )
+
+    return GrpcExporter()
 
 
 def setup_tracing(
-    service: str, otlp_endpoint: str | None, extra: SpanProcessor | None = None
-) -> TracerProvider:
-    """Install the tracer provider once per process; export over OTLP when an endpoint is set."""
+    service: str, settings: TracingSettings, extra: SpanProcessor | None = None
+) -> TracerProvider | None:
+    """Install the SDK's tracer provider once per process, when anything reads its spans.
+
+    With no exporter (and no test processor) the API's no-op tracer stays: no span is
+    recorded, yet trace context still flows from caller to service to event, so the logs
+    and a partner's events keep the caller's trace id. The sampler is the SDK's, from
+    OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
+    """
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         provider = current  # tests host several services in one process
     else:
+        exporter = _exporter(settings)
+        if exporter is None and extra is None:
+            return None
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
-        if otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(otlp_endpoint)))
+        if exporter is not None:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
     if extra is not None:
         provider.add_span_processor(extra)

@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 from psycopg import sql
 
 from crmkit import bus, db, migrations, telemetry
+from crmkit.config import TracingSettings
 
 # What handlers in these tests record, in the handler's own transaction: counting rows here
 # is counting effects, so duplicates would show.
@@ -38,7 +39,7 @@ CREATE TABLE seen (
 @pytest.fixture(scope="session")
 def spans() -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
-    telemetry.setup_tracing("test", None, extra=SimpleSpanProcessor(exporter))
+    telemetry.setup_tracing("test", TracingSettings(), extra=SimpleSpanProcessor(exporter))
     return exporter
 
 

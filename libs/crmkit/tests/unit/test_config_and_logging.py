@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -86,3 +89,74 @@ def test_log_lines_are_json_with_trace_tenant_and_request_ids() -> None:
     assert line["tenant_id"] == "tenant-1"
     assert line["request_id"] == "req-1"
     assert line["route"] == "/v1/contacts"
+
+
+def test_tracing_follows_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_DATABASE_URL", "postgresql://app@/db")
+    monkeypatch.setenv("INTERNAL_TOKEN_PUBLIC_KEYS", JWKS)
+    assert not load_settings(DemoSettings).tracing.exporting
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4318/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    tracing = load_settings(DemoSettings).tracing
+    assert (tracing.exporting, tracing.protocol) == (True, "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")  # the specific one wins
+    assert load_settings(DemoSettings).tracing.protocol == "grpc"
+
+
+def test_an_unknown_otlp_protocol_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DEMO_DATABASE_URL", "postgresql://app@/db")
+    monkeypatch.setenv("INTERNAL_TOKEN_PUBLIC_KEYS", JWKS)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
+    with pytest.raises(SystemExit):
+        load_settings(DemoSettings)
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in capsys.readouterr().err
+
+
+_SHOW_TRACING = """
+from opentelemetry import trace
+from crmkit import telemetry
+from crmkit.config import TracingSettings
+provider = telemetry.setup_tracing("demo", TracingSettings())
+print(type(provider).__name__, provider and provider.sampler.get_description())
+print([type(p.span_exporter).__module__ for p in getattr(provider, "_active_span_processor")._span_processors] if provider else [])
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({}, "NoneType None\n[]"),  # nothing reads spans: the no-op tracer stays
+        (
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_TRACES_SAMPLER": "traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.25",
+            },
+            "TracerProvider TraceIdRatioBased{0.25}\n"
+            "['opentelemetry.exporter.otlp.proto.http.trace_exporter']",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"},
+            "TracerProvider ParentBased{root:AlwaysOnSampler,remoteParentSampled:AlwaysOnSampler,"
+            "remoteParentNotSampled:AlwaysOffSampler,localParentSampled:AlwaysOnSampler,"
+            "localParentNotSampled:AlwaysOffSampler}\n"
+            "['opentelemetry.exporter.otlp.proto.grpc.trace_exporter']",
+        ),
+    ],
+)
+def test_the_exporter_and_sampler_come_from_the_standard_variables(
+    env: dict[str, str], shown: str
+) -> None:
+    # A process of its own: the tracer provider is installed once per process.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _SHOW_TRACING],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == shown

@@ -73,8 +73,27 @@ def test_a_token_of_other_filters_is_refused() -> None:
     assert "other filters" in exc.value.violations[0][1]
 
 
+def _contacts(*ids: str, note: str = "") -> list[contacts_pb2.Contact]:
+    return [contacts_pb2.Contact(id=i, first_name=note) for i in ids]
+
+
+def _key(c: contacts_pb2.Contact) -> list[str]:
+    return [c.id]
+
+
 def test_next_page_splits_the_extra_row_off() -> None:
-    assert paging.next_page([1, 2], 2, lambda r: [r], {}) == ([1, 2], "")
-    page, token = paging.next_page([1, 2, 3], 2, lambda r: [r], {})
-    assert page == [1, 2]
-    assert paging.decode_page_token(token, {}, arity=1) == [2]
+    assert paging.next_page(_contacts("a", "b"), 2, _key, {}) == (_contacts("a", "b"), "")
+    page, token = paging.next_page(_contacts("a", "b", "c"), 2, _key, {})
+    assert page == _contacts("a", "b")
+    assert paging.decode_page_token(token, {}, arity=1) == ["b"]
+
+
+def test_a_page_ends_before_it_grows_too_large_to_send() -> None:
+    big = _contacts("a", "b", "c", "d", note="x" * 100)
+    one = big[0].ByteSize()
+    page, token = paging.next_page(big, 10, _key, {}, max_bytes=2 * one + 1)
+    assert page == big[:2]
+    assert paging.decode_page_token(token, {}, arity=1) == ["b"]
+    # A single record larger than the budget still makes a page: no page is ever empty.
+    page, token = paging.next_page(big, 10, _key, {}, max_bytes=1)
+    assert (page, paging.decode_page_token(token, {}, arity=1)) == (big[:1], ["a"])

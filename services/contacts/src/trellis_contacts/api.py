@@ -110,10 +110,10 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         fingerprint = dataclasses.asdict(filters)
         after = _after_id(request.page_token, fingerprint)
         rows = await store.list_contacts(self._pool, caller().tenant_id, filters, after, size + 1)
-        page, token = paging.next_page(rows, size, lambda c: [c.id], fingerprint)
-        return contacts_pb2.ListContactsResponse(
-            contacts=[mapping.contact_to_proto(c) for c in page], next_page_token=token
+        page, token = paging.next_page(
+            [mapping.contact_to_proto(c) for c in rows], size, lambda c: [c.id], fingerprint
         )
+        return contacts_pb2.ListContactsResponse(contacts=page, next_page_token=token)
 
     # --- companies ----------------------------------------------------------------------------
 
@@ -156,10 +156,10 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         rows = await store.list_companies(
             self._pool, caller().tenant_id, updated_after, after, size + 1
         )
-        page, token = paging.next_page(rows, size, lambda c: [c.id], fingerprint)
-        return contacts_pb2.ListCompaniesResponse(
-            companies=[mapping.company_to_proto(c) for c in page], next_page_token=token
+        page, token = paging.next_page(
+            [mapping.company_to_proto(c) for c in rows], size, lambda c: [c.id], fingerprint
         )
+        return contacts_pb2.ListCompaniesResponse(companies=page, next_page_token=token)
 
     # --- custom field definitions -------------------------------------------------------------
 

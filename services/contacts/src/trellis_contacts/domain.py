@@ -17,6 +17,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from crmkit import text
 from crmkit.errors import Invalid
 from crmkit.ids import canonical_uuid
 
@@ -127,7 +128,6 @@ _PHONE_SEPARATORS = str.maketrans("", "", " -().")
 _DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_TLD}")  # matched after lower-casing
 _FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 MAX_CUSTOM_STRING = 1000  # characters; Value has no proto option to carry the bound
 
 
@@ -161,19 +161,10 @@ def _phones(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str
     return tuple(result)
 
 
-def _text(value: str, path: str, out: list[Violation]) -> str:
-    """One line of plain text, trimmed. Control characters have no place in a name or a tag,
-    and PostgreSQL cannot store NUL at all: refusing them here keeps bad input a 400."""
-    value = value.strip()
-    if _CONTROL.search(value):
-        out.append((path, "must not contain control characters"))
-    return value
-
-
 def filter_text(value: str, path: str) -> str:
     """A text filter of a list request, held to the rules of the text it is compared with."""
     out: list[Violation] = []
-    value = _text(value, path, out)
+    value = text.one_line(value, path, out)
     if out:
         raise Invalid(out)
     return value
@@ -182,7 +173,7 @@ def filter_text(value: str, path: str) -> str:
 def _tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
     result: list[str] = []
     for i, raw in enumerate(values):
-        tag = _text(raw, f"{path}[{i}]", out)
+        tag = text.one_line(raw, f"{path}[{i}]", out)
         if not tag:
             out.append((f"{path}[{i}]", "must not be empty"))
         elif tag not in result:  # a repeated tag is harmless: keep the first
@@ -202,7 +193,7 @@ def _company_ref(value: str, path: str, out: list[Violation]) -> str:
 
 
 def _required(value: str, path: str, out: list[Violation]) -> str:
-    value = _text(value, path, out)
+    value = text.one_line(value, path, out)
     if not value:
         out.append((path, "must not be empty"))
     return value
@@ -235,7 +226,7 @@ def normalize_contact(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "first_name" | "last_name" | "owner_id":
-                changes[name] = _text(value, path, out)
+                changes[name] = text.one_line(value, path, out)
             case "emails":
                 changes[name] = _emails(value, path, out)
             case "phones":
@@ -261,7 +252,7 @@ def normalize_company(
             case "name":
                 changes[name] = _required(value, path, out)
             case "industry":
-                changes[name] = _text(value, path, out)
+                changes[name] = text.one_line(value, path, out)
             case "domain":
                 changes[name] = _web_domain(value, path, out)
             case "size":
@@ -377,7 +368,7 @@ def new_field_definition(
         )
     if type_ is None:
         out.append((f"{prefix}.type", "must be one of STRING, NUMBER, BOOL, DATE, ENUM"))
-    cleaned = tuple(_text(o, f"{prefix}.options[{i}]", out) for i, o in enumerate(options))
+    cleaned = tuple(text.one_line(o, f"{prefix}.options[{i}]", out) for i, o in enumerate(options))
     if type_ is FieldType.ENUM:
         if not cleaned:
             out.append((f"{prefix}.options", "an ENUM field needs at least one option"))
@@ -388,7 +379,7 @@ def new_field_definition(
                 out.append((f"{prefix}.options[{i}]", "repeats an earlier option"))
     elif cleaned:
         out.append((f"{prefix}.options", "only ENUM fields have options"))
-    label = _text(label, f"{prefix}.label", out)
+    label = text.one_line(label, f"{prefix}.label", out)
     if out or object_type is None or type_ is None:
         raise Invalid(out)
     return FieldDefinition(object_type, name, type_, cleaned, label)

@@ -213,6 +213,16 @@ CASES: dict[str, tuple[str, Callable[[Existing], Message], str]] = {
         ),
         "company.custom_fields.score",
     ),
+    "bidi override in a name": (
+        "CreateContact",
+        lambda _: C.CreateContactRequest(contact=C.Contact(first_name="Ada\u202egnp.exe")),
+        "contact.first_name",
+    ),
+    "invisible-only name": (
+        "CreateCompany",
+        lambda _: C.CreateCompanyRequest(company=C.Company(name="\u200b\u200d")),
+        "company.name",
+    ),
     "bad field name": (
         "CreateFieldDefinition",
         lambda _: C.CreateFieldDefinitionRequest(

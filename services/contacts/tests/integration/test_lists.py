@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.contacts.v1 import contacts_pb2
 from crmkit.errors import violations_of
 
-from .support import Running, Tenant, create_company, create_contact, failure
+from .support import Running, Tenant, create_company, create_contact, define_field, failure
 
 
 async def list_all(
@@ -147,3 +148,21 @@ async def test_companies_page_and_filter_by_update_time(service: Running, tenant
         metadata=tenant.md(),
     )
     assert [c.id for c in recent.companies] == [made[1].id]
+
+
+async def test_records_at_their_limits_page_without_exceeding_the_message_size(
+    service: Running, tenant: Tenant
+) -> None:
+    # 100 custom fields of 1,000 four-byte characters each: about 400 kB a contact, within
+    # every declared limit; twelve of them are more than a 4 MiB gRPC message.
+    names = [f"f{i:03d}" for i in range(100)]
+    for name in names:
+        await define_field(service, tenant, name, contacts_pb2.FIELD_TYPE_STRING)
+    wide = {n: struct_pb2.Value(string_value="\U0001d11e" * 1000) for n in names}
+    created = {
+        (await create_contact(service, tenant, first_name=f"Wide {i}", custom_fields=wide)).id
+        for i in range(12)
+    }
+    pages = await list_all(service, tenant, contacts_pb2.ListContactsRequest(page_size=50))
+    assert len(pages) > 1  # before, one page of all twelve: RESOURCE_EXHAUSTED at the caller
+    assert sorted(i for page in pages for i in page) == sorted(created)

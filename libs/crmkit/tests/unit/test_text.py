@@ -1,0 +1,34 @@
+"""The one-line text rule: what a name or a tag may hold."""
+
+from __future__ import annotations
+
+import pytest
+
+from crmkit.text import one_line
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [("  Ada ", "Ada"), ("Zoë", "Zoë"), ("José\u0301", "José\u0301"), ("", ""), ("أحمد", "أحمد")],
+)
+def test_plain_text_is_trimmed_and_kept(raw: str, kept: str) -> None:
+    out: list[tuple[str, str]] = []
+    assert one_line(raw, "name", out) == kept
+    assert out == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("Ada\x00", "must not contain control characters"),
+        ("line\nbreak", "must not contain control characters"),
+        ("exe\u202egnp.txt", "must not contain bidirectional override characters"),
+        ("\u2066Ada\u2069", "must not contain bidirectional override characters"),
+        ("\u200b\u200b", "must contain visible characters"),
+        ("\u200d\ufeff\u00a0", "must contain visible characters"),
+    ],
+)
+def test_hidden_and_deceptive_text_is_refused(raw: str, problem: str) -> None:
+    out: list[tuple[str, str]] = []
+    one_line(raw, "contact.first_name", out)
+    assert out == [("contact.first_name", problem)]
