@@ -32,6 +32,11 @@ class Identity:
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 identity: ContextVar[Identity | None] = ContextVar("identity", default=None)
+# The identity token the current call came with: a service calling another on behalf of its
+# caller sends it onward, so the callee sees the same caller and scopes (crmkit.client).
+identity_token: ContextVar[str | None] = ContextVar("identity_token", default=None)
+# The caller's idempotency key of the current call, from which onward calls derive theirs.
+idempotency_key: ContextVar[str | None] = ContextVar("idempotency_key", default=None)
 
 
 def valid_request_id(given: str | None) -> str:

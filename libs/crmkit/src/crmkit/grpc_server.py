@@ -157,7 +157,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         handling = metrics.grpc_server().handling.labels(service, name, "unary")
 
         async def run(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            key = _idempotency_key(ctx)
+            key = context.idempotency_key.get()
             if not (records_key and key):
                 return await inner(request, ctx)
             assert self._pool is not None
@@ -180,6 +180,8 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
                 if not ident.allows(scope):
                     raise permission_denied(f"this call needs scope {scope}")
                 context.identity.set(ident)
+                context.identity_token.set(md.get(auth.METADATA_KEY))
+                context.idempotency_key.set(md.get(idempotency.METADATA_KEY))
                 if isinstance(request, _Undecodable):
                     raise Invalid([("", f"not a valid {method.input_type.name}: {request.reason}")])
                 violations = check_limits(request)
@@ -213,13 +215,6 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-
-
-def _idempotency_key(ctx: grpc.aio.ServicerContext[Any, Any]) -> str:
-    for key, value in ctx.invocation_metadata() or ():
-        if key == idempotency.METADATA_KEY and isinstance(value, str):
-            return value
-    return ""
 
 
 async def _refuse_undeclared(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -32,10 +32,12 @@ async def service(postgres: Postgres, nats_server: Nats) -> AsyncIterator[Runnin
     settings = settings_for(app_url, nats_server.url)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(DEFINITION, settings, stop))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}")
+    address = f"127.0.0.1:{settings.grpc_port}"
+    channel = grpc.aio.insecure_channel(address)
     try:
         await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
         yield Running(
+            address=address,
             channel=channel,
             stub=contacts_pb2_grpc.ContactsServiceStub(channel),
             admin_url=postgres.url(name),

@@ -41,6 +41,7 @@ def settings_for(app_url: str, nats_url: str) -> ContactsSettings:
 class Running:
     """The service under test and ways to look at its database behind its back."""
 
+    address: str
     channel: grpc.aio.Channel
     stub: contacts_pb2_grpc.ContactsServiceAsyncStub
     admin_url: str  # superuser: sees every tenant's rows (RLS does not bind it)

@@ -1,0 +1,98 @@
+"""Calls to another service, with the platform's rules for calls (DESIGN.md §2).
+
+Every call carries a deadline; the channel retries a transient failure only where the
+callee's contract says a repeat cannot do anything twice (`idempotency_level`); a service
+acts on behalf of the caller it is serving by sending that caller's identity token onward
+(it holds no key that could speak for anyone else), with the request id, and with an
+idempotency key of its own choosing for writes, so its own retries never write twice.
+Failures come back as this process's ServiceErrors: the callee's status and details, or
+UNAVAILABLE naming the callee when it could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from crmkit import auth, context, contract, idempotency
+from crmkit.errors import ServiceError, Unavailable, from_rpc_error
+
+R = TypeVar("R", bound=Message)
+
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def service_config(services: Iterable[ServiceDescriptor]) -> str:
+    """The channel's retry policy: transient failures of retry-safe methods only."""
+    retry = {
+        "maxAttempts": 3,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "0.5s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    names = [
+        {"service": s.full_name, "method": m.name}
+        for s in services
+        for m in s.methods
+        if contract.retry_safe(m)
+    ]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": retry}]})
+
+
+def channel(services: Iterable[ServiceDescriptor], address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        address,
+        options=[("grpc.service_config", service_config(services)), ("grpc.enable_retries", 1)],
+        interceptors=aio_client_interceptors(),
+    )
+
+
+class Callee:
+    """Another service of the platform, called on behalf of the current caller."""
+
+    def __init__(self, domain: str, address: str, timeout: float) -> None:
+        self.domain = domain
+        self.channel = channel(contract.services_of_domain(domain), address)
+        self._timeout = timeout
+
+    async def call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Message,
+        *,
+        idempotency_key: str = "",
+    ) -> R:
+        """`method` (a stub's bound method) with the current caller's identity and request id.
+
+        `idempotency_key` makes a write safe to repeat: choose one that names the effect
+        (e.g. "lead-convert:<lead id>"), so the caller's retries and this service's alike
+        find the first result.
+        """
+        token = context.identity_token.get()
+        if not token:  # only reachable from code that is not serving a call
+            raise RuntimeError("no caller to act on behalf of")
+        metadata: list[tuple[str, Any]] = [
+            (auth.METADATA_KEY, token),
+            ("x-request-id", context.request_id.get() or ""),
+        ]
+        if idempotency_key:
+            metadata.append((idempotency.METADATA_KEY, idempotency_key))
+        try:
+            return await method(request, metadata=metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            if err.code() in _UNREACHABLE:
+                raise Unavailable(
+                    f"the {self.domain} service is unavailable; retry later"
+                ) from None
+            failure: ServiceError = from_rpc_error(err)
+            raise failure from None
+
+    async def close(self) -> None:
+        await self.channel.close()
