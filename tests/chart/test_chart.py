@@ -1,6 +1,7 @@
 """The Helm chart (deploy/helm/trellis), checked offline on every ci/*.yaml value set.
 
-1. Every value set renders with the Helm SDK and passes `helm lint --strict`; the defaults too.
+1. Every value set renders with the Helm SDK and passes `helm lint --strict`; so do the
+   defaults given the one value without a default (internalToken.publicKeys).
 2. values.schema.json types every value and rejects wrong types, unknown keys (top level and
    inside a service entry) and negative counts, naming the value; cross-entry mistakes fail
    the render with a message.
@@ -16,6 +17,9 @@
    name in the callers of the services it calls) and changes nothing else.
 6. Hooks: each migration Job and everything it needs are pre-install/pre-upgrade hooks,
    ordered by weight, re-created on each run; `helm test` checks the gateway's /readyz.
+7. Identity-token keys: every service and migration Job trusts internalToken.publicKeys (from
+   its ConfigMap), only the gateway's Deployment gets the private key (from a Secret), no
+   rendered object holds a private key in clear, and each step of a key rotation renders.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -36,8 +41,9 @@ import kubernetes_validate
 import pydantic
 import pytest
 import yaml
-from helm_python import HelmRenderError, HelmValuesError, lint
+from helm_python import Chart, HelmRenderError, HelmValuesError, lint
 
+from crmkit import auth
 from tests.chart.conftest import (
     CHART_DIR,
     CI_SETS,
@@ -64,6 +70,10 @@ HOOK = "helm.sh/hook"
 HOOK_WEIGHT = "helm.sh/hook-weight"
 HOOK_DELETE = "helm.sh/hook-delete-policy"
 SKIP_ANNOTATION = re.compile(r"^checkov\.io/skip\d+$")
+# The one value without a default (the operator makes the key pair): the keys ci/minimal.yaml
+# trusts. Tests that render from the defaults add it.
+TRUSTED_JWKS: str = load_values("minimal")["internalToken"]["publicKeys"]
+TRUSTED = {"internalToken": {"publicKeys": TRUSTED_JWKS}}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -80,7 +90,7 @@ def services(r: Render) -> dict[str, dict[str, Any]]:
 
 
 def kebab(name: str) -> str:
-    """internalToken -> internal-token (the chart's default Secret names)."""
+    """internalTokenSigningKey -> internal-token-signing-key (the chart's default Secret names)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
 
 
@@ -148,7 +158,7 @@ def test_ci_value_sets_are_the_expected_ones() -> None:
 @pytest.mark.parametrize("kube_version", K8S_VERSIONS)
 @pytest.mark.parametrize("value_set", [*CI_SETS, "defaults"])
 def test_value_set_lints_strict(value_set: str, kube_version: str) -> None:
-    values = {} if value_set == "defaults" else load_values(value_set)
+    values = TRUSTED if value_set == "defaults" else load_values(value_set)
     report = lint(
         CHART_DIR, values, strict=True, namespace=NAMESPACE, kube_version=f"v{kube_version}.0"
     )
@@ -176,9 +186,20 @@ def test_value_set_renders(renders: dict[str, Render], value_set: str) -> None:
         assert r.has("Deployment", fullname(name)), name
 
 
-def test_defaults_render_without_values() -> None:
-    r = render_chart()
+def test_defaults_render_with_the_trusted_keys_alone() -> None:
+    r = render_chart(TRUSTED)
     assert {d["kind"] for d in r.docs} >= {"Deployment", "Service", "NetworkPolicy", "Job"}
+
+
+def test_the_trusted_keys_are_required(tmp_path: Path) -> None:
+    """No default key pair exists: without internalToken.publicKeys the schema refuses the
+    values and, when it is skipped (--skip-schema-validation), the templates do."""
+    with pytest.raises(HelmValuesError, match="at '/internalToken/publicKeys': minLength"):
+        render_chart()
+    shutil.copytree(CHART_DIR, tmp_path / "trellis")
+    (tmp_path / "trellis/values.schema.json").unlink()
+    with pytest.raises(HelmRenderError, match=r"internalToken\.publicKeys is required: the JWKS"):
+        Chart.load(tmp_path / "trellis").render({}, name=RELEASE, namespace=NAMESPACE)
 
 
 # --- 2. the schema ---------------------------------------------------------------------------
@@ -308,6 +329,16 @@ SCHEMA_REJECTS = [
         id="bad-digest",
     ),
     pytest.param(
+        {"internalToken": {"publicKeys": ""}},
+        "at '/internalToken/publicKeys': minLength: got 0, want 1",
+        id="no-trusted-keys",
+    ),
+    pytest.param(
+        {"internalToken": {"publicKeys": {"keys": []}}},
+        "at '/internalToken/publicKeys': got object, want string",
+        id="trusted-keys-as-yaml",
+    ),
+    pytest.param(
         {"services": {"Sales": {"image": {"repository": "sales"}}}},
         "'Sales' does not match pattern '^[a-z][a-z0-9]{0,19}$'",
         id="bad-service-name",
@@ -322,6 +353,7 @@ SCHEMA_REJECTS = [
 
 @pytest.mark.parametrize(("values", "message"), SCHEMA_REJECTS)
 def test_schema_rejects(values: dict[str, Any], message: str) -> None:
+    values = merge(TRUSTED, values)
     with pytest.raises(HelmValuesError) as caught:
         render_chart(values)
     assert message in str(caught.value)
@@ -341,8 +373,8 @@ TEMPLATE_REJECTS = [
         id="probe-port-not-declared",
     ),
     pytest.param(
-        {"secrets": {"internalToken": {"create": True, "value": "short"}}},
-        "secrets.internalToken.value: 32 or more characters are needed",
+        {"secrets": {"bootstrapAdminKey": {"create": True, "value": "short"}}},
+        "secrets.bootstrapAdminKey.value: 32 or more characters are needed",
         id="short-created-secret",
     ),
     pytest.param(
@@ -360,13 +392,39 @@ TEMPLATE_REJECTS = [
         "secretEnv GATEWAY_X refers to secrets.nothere, which is not defined",
         id="unknown-secret-entry",
     ),
+    pytest.param(
+        {"internalToken": {"publicKeys": json.dumps(json.loads(TRUSTED_JWKS)["keys"][0])}},
+        'internalToken.publicKeys: not a JWKS: put the JWKs in {"keys": [...]}',
+        id="a-jwk-for-the-jwks",
+    ),
+    pytest.param(
+        {"internalToken": {"publicKeys": "-----BEGIN PUBLIC KEY-----"}},
+        "internalToken.publicKeys: not a JWKS",
+        id="trusted-keys-not-json",
+    ),
+    pytest.param(
+        {"internalToken": {"publicKeys": '{"keys": []}'}},
+        "internalToken.publicKeys: not a JWKS",
+        id="no-key-in-the-jwks",
+    ),
+    pytest.param(
+        {"internalToken": {"publicKeys": '{"keys": [{"kty": "OKP", "crv": "Ed25519"}]}'}},
+        "internalToken.publicKeys: every key of the JWKS needs a kid",
+        id="key-without-kid",
+    ),
+    pytest.param(
+        {"services": {"gateway": {"env": {"INTERNAL_TOKEN_KEY_ID": "gateway-2"}}}},
+        'services.gateway.env.INTERNAL_TOKEN_KEY_ID: "gateway-2" is not a kid of '
+        "internalToken.publicKeys (gateway-1): every token it signs would be refused",
+        id="signing-key-not-trusted",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("values", "message"), TEMPLATE_REJECTS)
 def test_template_rejects(values: dict[str, Any], message: str) -> None:
     with pytest.raises(HelmRenderError) as caught:
-        render_chart(values)
+        render_chart(merge(TRUSTED, values))
     assert message in str(caught.value)
 
 
@@ -1025,7 +1083,6 @@ def test_deployments(renders: dict[str, Render], value_set: str) -> None:
         # the ports the service listens on are those it declares
         for port, number in svc["ports"].items():
             assert env[f"{prefix}_{port.upper()}_PORT"] == str(number)
-        assert env["INTERNAL_TOKEN_SECRET"]["secretKeyRef"]
 
 
 def test_images_default_to_the_app_version(renders: dict[str, Render]) -> None:
@@ -1058,7 +1115,7 @@ def test_a_config_change_rolls_only_that_service(renders: dict[str, Render]) -> 
     assert checksum(before, "contacts") == checksum(after, "contacts")
 
 
-SECRET_ENV = re.compile(r"(DATABASE_URL|INTERNAL_TOKEN_SECRET|BOOTSTRAP_ADMIN_KEY|PASSWORD)$")
+SECRET_ENV = re.compile(r"(DATABASE_URL|PRIVATE_KEY|BOOTSTRAP_ADMIN_KEY|PASSWORD)$")
 
 
 @pytest.mark.parametrize("value_set", CI_SETS)
@@ -1089,7 +1146,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
     minimal = renders["minimal"]
     created = {s["metadata"]["name"] for s in minimal.of_kind("Secret") if not is_hook(s)}
     assert created == {
-        fullname("internal-token"),
+        fullname("internal-token-signing-key"),
         fullname("bootstrap-admin-key"),
         fullname("contacts-db"),
         fullname("gateway-db"),
@@ -1100,8 +1157,8 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
     gateway = container_env(
         ext, deployment_of(ext, "gateway")["spec"]["template"]["spec"]["containers"][0]
     )
-    assert gateway["INTERNAL_TOKEN_SECRET"] == {
-        "secretKeyRef": {"name": "trellis-platform", "key": "internal-token-secret"}
+    assert gateway["INTERNAL_TOKEN_PRIVATE_KEY"] == {
+        "secretKeyRef": {"name": "trellis-platform", "key": "internal-token-signing-key"}
     }
     assert gateway["GATEWAY_BOOTSTRAP_ADMIN_KEY"] == {
         "secretKeyRef": {"name": "trellis-platform", "key": "bootstrap-admin-key"}
@@ -1187,7 +1244,6 @@ def test_hook_resources_come_first(renders: dict[str, Render], value_set: str) -
         prefix = env_prefix(name)
         assert env[f"{prefix}_APP_DB_ROLE"] == (svcs[name]["database"]["appRole"] or f"{name}_app")
         assert f"{prefix}_MIGRATION_DATABASE_URL" in env
-        assert "INTERNAL_TOKEN_SECRET" in env
 
         needs: list[tuple[str, str]] = [("ServiceAccount", spec["serviceAccountName"])]
         needs += [("ConfigMap", s["configMapRef"]["name"]) for s in container.get("envFrom", [])]
@@ -1228,11 +1284,7 @@ def test_hook_annotations_of_the_migration(renders: dict[str, Render]) -> None:
         assert dep["metadata"]["annotations"][HOOK_DELETE] == "before-hook-creation"
         assert _weight(dep) < _weight(job)
     secret = r.get("Secret", fullname("contacts-migrate"))
-    assert set(secret["data"]) == {
-        "INTERNAL_TOKEN_SECRET",
-        "CONTACTS_DATABASE_URL",
-        "CONTACTS_MIGRATION_DATABASE_URL",
-    }
+    assert set(secret["data"]) == {"CONTACTS_DATABASE_URL", "CONTACTS_MIGRATION_DATABASE_URL"}
     owner = load_values("minimal")["services"]["contacts"]["database"]["migrationUrl"]
     assert base64.b64decode(secret["data"]["CONTACTS_MIGRATION_DATABASE_URL"]).decode() == owner
 
@@ -1252,3 +1304,170 @@ def test_helm_test_checks_the_gateway(renders: dict[str, Render], value_set: str
     service = r.get("Service", fullname("gateway"))
     assert 8080 in {p["port"] for p in service["spec"]["ports"]}
     assert pod["spec"]["restartPolicy"] == "Never"
+
+
+# --- 7. identity-token keys ------------------------------------------------------------------
+
+PUBLIC_KEYS = "INTERNAL_TOKEN_PUBLIC_KEYS"
+PRIVATE_KEY = "INTERNAL_TOKEN_PRIVATE_KEY"
+KEY_ID = "INTERNAL_TOKEN_KEY_ID"
+PEM_MARKER = "PRIVATE KEY-----"
+
+
+def processes(r: Render) -> Iterator[tuple[str, Manifest]]:
+    """(owner name, container) of every service Deployment and migration Job."""
+    for owner, spec, _ in r.pod_specs():
+        if owner["kind"] in ("Deployment", "Job"):
+            for c in containers(spec):
+                yield owner["metadata"]["name"], c
+
+
+def signing_key_ref(r: Render) -> dict[str, Any]:
+    entry = r.values["secrets"]["internalTokenSigningKey"]
+    name = entry["existingSecret"] if entry["existingSecret"] and not entry["create"] else None
+    return {
+        "secretKeyRef": {
+            "name": name or fullname(kebab("internalTokenSigningKey")),
+            "key": entry["key"],
+        }
+    }
+
+
+@pytest.mark.parametrize("value_set", CI_SETS)
+def test_every_process_trusts_the_configured_keys(
+    renders: dict[str, Render], value_set: str
+) -> None:
+    r = renders[value_set]
+    wanted = r.values["internalToken"]["publicKeys"]
+    checked = set()
+    for owner, c in processes(r):
+        # plain config: from the ConfigMap, never an env entry (those are for Secrets)
+        assert PUBLIC_KEYS not in {e["name"] for e in c.get("env", [])}, owner
+        found = [
+            r.get("ConfigMap", source["configMapRef"]["name"])["data"].get(PUBLIC_KEYS)
+            for source in c["envFrom"]
+        ]
+        assert [v for v in found if v is not None] == [wanted], owner
+        checked.add(owner)
+    svcs = services(r)
+    assert checked == {fullname(n) for n in svcs} | {
+        f"{fullname(n)}-migrate" for n, svc in svcs.items() if svc["database"]["enabled"]
+    }
+
+
+@pytest.mark.parametrize("value_set", CI_SETS)
+def test_the_ci_keys_are_what_the_services_accept(value_set: str) -> None:
+    """The settings' own check (crmkit.auth.load_jwks) takes each value set's JWKS, and it
+    trusts the key the gateway signs with."""
+    values = merge(yaml.safe_load((CHART_DIR / "values.yaml").read_text()), load_values(value_set))
+    trusted = auth.load_jwks(values["internalToken"]["publicKeys"])
+    kid = values["services"]["gateway"]["env"][KEY_ID]
+    assert kid in trusted
+    signing = values["secrets"]["internalTokenSigningKey"]
+    if signing["create"]:  # the chart-created private key is the other half of that JWK
+        key = auth.SigningKey.from_pem(kid, signing["value"])
+        assert auth.load_jwks(auth.jwks(key.public_jwk()))[kid] == trusted[kid]
+
+
+@pytest.mark.parametrize("value_set", CI_SETS)
+def test_only_the_gateway_signs(renders: dict[str, Render], value_set: str) -> None:
+    r = renders[value_set]
+    signers = {}
+    for owner, c in processes(r):
+        env = container_env(r, c)
+        if PRIVATE_KEY in env:
+            signers[owner] = env[PRIVATE_KEY]
+    # the gateway's Deployment, from the Secret of secrets.internalTokenSigningKey; not its
+    # migration Job, which signs nothing
+    assert signers == {fullname("gateway"): signing_key_ref(r)}
+    assert r.get("ConfigMap", fullname("gateway"))["data"][KEY_ID] == "gateway-1"
+    ref = signing_key_ref(r)["secretKeyRef"]
+    if r.has("Secret", ref["name"]):
+        created = base64.b64decode(r.get("Secret", ref["name"])["data"][ref["key"]]).decode()
+        assert created == r.values["secrets"]["internalTokenSigningKey"]["value"]
+
+
+def clear_private_keys(r: Render) -> list[str]:
+    """The rendered objects (and NOTES.txt) that show a PEM private key in clear: its header,
+    or a line of the body of one of the values' private keys. Only a Secret's `data` may hold
+    one (base64, given to the process that signs)."""
+    bodies = {
+        line
+        for s in r.values["secrets"].values()
+        if PEM_MARKER in s["value"]
+        for line in s["value"].splitlines()
+        if line and not line.startswith("-----")
+    }
+    found = []
+    for doc in r.docs:
+        shown = {k: v for k, v in doc.items() if not (doc["kind"] == "Secret" and k == "data")}
+        text = json.dumps(shown)
+        if any(needle in text for needle in {PEM_MARKER, *bodies}):
+            found.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    if any(needle in r.notes for needle in {PEM_MARKER, *bodies}):
+        found.append("NOTES.txt")
+    return found
+
+
+@pytest.mark.parametrize("value_set", CI_SETS)
+def test_no_private_key_in_clear(renders: dict[str, Render], value_set: str) -> None:
+    assert clear_private_keys(renders[value_set]) == []
+
+
+def test_a_private_key_in_clear_is_caught(renders: dict[str, Render]) -> None:
+    r = renders["minimal"]
+    pem = r.values["secrets"]["internalTokenSigningKey"]["value"]
+    config = r.get("ConfigMap", fullname("gateway"))
+    body = pem.splitlines()[1]  # without its PEM header
+    for leaked in (pem, body):
+        tampered = merge(config, {"data": {PRIVATE_KEY: leaked}})
+        docs = [tampered if d is config else d for d in r.docs]
+        found = clear_private_keys(Render(values=r.values, docs=docs, notes=r.notes))
+        assert found == [f"ConfigMap/{fullname('gateway')}"]
+
+
+def _checksums(r: Render) -> dict[str, tuple[str, str]]:
+    return {
+        d["metadata"]["labels"][COMPONENT]: (
+            d["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+            d["spec"]["template"]["metadata"]["annotations"]["checksum/secrets"],
+        )
+        for d in r.of_kind("Deployment")
+    }
+
+
+def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Render]) -> None:
+    """docs/operations.md's rotation, on the chart-created key of ci/minimal.yaml: trust the new
+    key everywhere, switch the gateway to it, stop trusting the old one."""
+    base = load_values("minimal")
+    old_jwk = json.loads(TRUSTED_JWKS)["keys"][0]
+    new = auth.SigningKey.generate("gateway-2")
+    both = auth.jwks(old_jwk, new.public_jwk())
+    steps: list[dict[str, Any]] = [
+        {"internalToken": {"publicKeys": both}},
+        {
+            "internalToken": {"publicKeys": both},
+            "secrets": {"internalTokenSigningKey": {"value": new.pem()}},
+            "services": {"gateway": {"env": {KEY_ID: "gateway-2"}}},
+        },
+        {
+            "internalToken": {"publicKeys": auth.jwks(new.public_jwk())},
+            "secrets": {"internalTokenSigningKey": {"value": new.pem()}},
+            "services": {"gateway": {"env": {KEY_ID: "gateway-2"}}},
+        },
+    ]
+    before = renders["minimal"]
+    rolled = []
+    for step in steps:
+        after = render_chart(merge(base, step))
+        for owner, c in processes(after):
+            assert container_env(after, c)[PUBLIC_KEYS] == step["internalToken"]["publicKeys"], (
+                owner
+            )
+        old, now = _checksums(before), _checksums(after)
+        rolled.append({name for name in now if now[name] != old[name]})
+        before = after
+    # the JWKS rolls every service; the gateway's key and key id roll the gateway alone
+    assert rolled == [{"contacts", "gateway"}, {"gateway"}, {"contacts", "gateway"}]
+    assert "the services trust\nthe keys gateway-2 (internalToken.publicKeys)" in before.notes
+    assert "signed by the gateway with key gateway-2" in before.notes

@@ -121,6 +121,7 @@ annotations so a change rolls the pods). Context: root, name, svc.
 {{- $prefix := include "trellis.envPrefix" . -}}
 {{- $data := dict -}}
 {{- $_ := set $data "LOG_LEVEL" $root.Values.logLevel -}}
+{{- $_ := set $data "INTERNAL_TOKEN_PUBLIC_KEYS" $root.Values.internalToken.publicKeys -}}
 {{- $_ := set $data "NATS_URL" $root.Values.nats.url -}}
 {{- $_ := set $data "NATS_STREAM_REPLICAS" ($root.Values.nats.streamReplicas | int | toString) -}}
 {{- $_ := set $data "NATS_STREAM_MAX_AGE_DAYS" ($root.Values.nats.streamMaxAgeDays | toString) -}}
@@ -151,24 +152,13 @@ annotations so a change rolls the pods). Context: root, name, svc.
 
 {{/*
 Secret environment of a service's pods (env entries), never in a ConfigMap.
-Context: root, name, svc, migrate (bool: the migration Job, which also gets the owner URL and
-reads chart-created values from its own hook Secret).
+Context: root, name, svc, migrate (bool: the migration Job, which gets the owner URL, reads
+chart-created URLs from its own hook Secret, and none of `secretEnv`: migrating signs nothing).
 */}}
 {{- define "trellis.secretEnv" -}}
 {{- $root := .root -}}
 {{- $prefix := include "trellis.envPrefix" . -}}
 {{- $migrateSecret := printf "%s-migrate" (include "trellis.componentName" .) -}}
-{{- $token := $root.Values.secrets.internalToken -}}
-- name: INTERNAL_TOKEN_SECRET
-  valueFrom:
-    secretKeyRef:
-      {{- if and .migrate $token.create }}
-      name: {{ $migrateSecret }}
-      key: INTERNAL_TOKEN_SECRET
-      {{- else }}
-      name: {{ include "trellis.secretName" (dict "root" $root "secret" "internalToken") }}
-      key: {{ $token.key }}
-      {{- end }}
 {{- $db := .svc.database }}
 {{- if $db.enabled }}
 {{- if $db.cnpg.enabled }}
@@ -303,10 +293,17 @@ once by the Deployment template.
 */}}
 {{- define "trellis.validate" -}}
 {{- $root := . -}}
+{{- $_ := required "internalToken.publicKeys is required: the JWKS of the keys that sign identity tokens ({\"keys\": [<JWK>]}, the JWK from `python -m crmkit.keys gateway-1`; see the chart's README)" .Values.internalToken.publicKeys -}}
+{{- $trusted := include "trellis.trustedKeyIds" . | fromJsonArray -}}
 {{- range $name, $entry := .Values.services -}}
 {{- $ctx := dict "root" $root "name" $name -}}
 {{- include "trellis.resolve" $ctx -}}
 {{- $svc := $ctx.svc -}}
+{{- with $svc.env.INTERNAL_TOKEN_KEY_ID -}}
+{{- if not (has . $trusted) -}}
+{{- fail (printf "services.%s.env.INTERNAL_TOKEN_KEY_ID: %q is not a kid of internalToken.publicKeys (%s): every token it signs would be refused" $name . (join ", " $trusted)) -}}
+{{- end -}}
+{{- end -}}
 {{- range $svc.callers -}}
 {{- if not (hasKey $root.Values.services .) -}}
 {{- fail (printf "services.%s.callers: %q is not a service" $name .) -}}
@@ -351,6 +348,26 @@ once by the Deployment template.
 {{- end -}}
 
 {{/*
+Key ids of internalToken.publicKeys, as a JSON list. Fails unless it is a JWKS whose every key
+has a kid: the services would refuse anything else at start, in the middle of an upgrade.
+Context: the top-level context.
+*/}}
+{{- define "trellis.trustedKeyIds" -}}
+{{- $keys := get (fromJson .Values.internalToken.publicKeys) "keys" -}}
+{{- if not (and (kindIs "slice" $keys) $keys) -}}
+{{- fail "internalToken.publicKeys: not a JWKS: put the JWKs in {\"keys\": [...]} (`python -m crmkit.keys` prints one JWK)" -}}
+{{- end -}}
+{{- $ids := list -}}
+{{- range $keys -}}
+{{- if not (and (kindIs "map" .) .kid) -}}
+{{- fail "internalToken.publicKeys: every key of the JWKS needs a kid" -}}
+{{- end -}}
+{{- $ids = append $ids .kid -}}
+{{- end -}}
+{{- toJson $ids -}}
+{{- end -}}
+
+{{/*
 Probes of a service's container: native gRPC health (grpc.health.v1) for kind grpc, HTTP GET
 of livenessPath/readinessPath for kind http; a startup probe holds liveness off until the
 service first reports healthy (it waits for its migrations). Context: name, svc.
@@ -379,11 +396,13 @@ service first reports healthy (it waits for its migrations). Context: name, svc.
 
 {{/*
 Data of the Secrets this chart creates that a service's pods read (hashed into the pod
-annotations, so a changed value rolls the pods). Context: root, name, svc.
+annotations, so a changed value rolls those pods and no other). Context: root, name, svc.
 */}}
 {{- define "trellis.createdSecretsData" -}}
 {{- $data := dict -}}
-{{- range $key, $s := .root.Values.secrets -}}
+{{- range $env, $key := .svc.secretEnv -}}
+{{- /* an undefined entry fails with its name in trellis.secretEnv, not here */ -}}
+{{- $s := index $.root.Values.secrets $key | default dict -}}
 {{- if $s.create -}}
 {{- $_ := set $data $key $s.value -}}
 {{- end -}}
