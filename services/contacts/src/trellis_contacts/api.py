@@ -106,6 +106,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
             company_id=company,
             updated_after=_time_filter(request, "updated_after"),
             lifecycle_stage=stage,
+            email=domain.filter_text(request.email, "email"),
         )
         fingerprint = dataclasses.asdict(filters)
         after = _after_id(request.page_token, fingerprint)

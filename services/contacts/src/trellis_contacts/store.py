@@ -57,6 +57,7 @@ class ContactFilter:
     company_id: str = ""
     updated_after: datetime | None = None
     lifecycle_stage: LifecycleStage | None = None
+    email: str = ""
 
 
 # --- rows <-> records -------------------------------------------------------------------------
@@ -390,6 +391,14 @@ async def list_contacts(
     if filters.lifecycle_stage is not None:
         where.append(sql.SQL("lifecycle_stage = %(stage)s"))
         params["stage"] = filters.lifecycle_stage.value
+    if filters.email:
+        where.append(
+            sql.SQL(
+                "id IN (SELECT contact_id FROM contact_emails"
+                " WHERE tenant_id = %(tenant_id)s AND email_key = %(email_key)s)"
+            )
+        )
+        params["email_key"] = domain.email_key(filters.email)
     query = sql.SQL(
         "SELECT {columns} FROM contacts WHERE {where} ORDER BY id DESC LIMIT %(limit)s"
     ).format(columns=_CONTACT_COLUMNS, where=sql.SQL(" AND ").join(where))

@@ -166,3 +166,18 @@ async def test_records_at_their_limits_page_without_exceeding_the_message_size(
     pages = await list_all(service, tenant, contacts_pb2.ListContactsRequest(page_size=50))
     assert len(pages) > 1  # before, one page of all twelve: RESOURCE_EXHAUSTED at the caller
     assert sorted(i for page in pages for i in page) == sorted(created)
+
+
+async def test_the_email_filter_finds_the_one_contact_case_insensitively(
+    service: Running, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    ada = await create_contact(service, tenant, first_name="Ada", emails=["Ada@Example.com"])
+    await create_contact(service, tenant, first_name="Grace", emails=["grace@example.com"])
+    await create_contact(service, other_tenant, first_name="Ada", emails=["ada@example.com"])
+    pages = await list_all(
+        service, tenant, contacts_pb2.ListContactsRequest(email="ADA@example.COM")
+    )
+    assert pages == [[ada.id]]
+    assert await list_all(
+        service, tenant, contacts_pb2.ListContactsRequest(email="nobody@example.com")
+    ) == [[]]
