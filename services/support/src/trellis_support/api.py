@@ -152,7 +152,7 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
             domain.MAPS,
         )
         draft = domain.normalize_ticket(
-            mapping.ticket_draft(request.ticket), updates.top_level(paths)
+            mapping.ticket_draft(request.ticket), updates.top_level(paths), update=True
         )
         if "company_id" in paths and draft.company_id:
             await self._check_company(draft.company_id)

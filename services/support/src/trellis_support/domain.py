@@ -242,12 +242,14 @@ def _custom_fields(
 
 
 def normalize_ticket(
-    draft: TicketFields, paths: Collection[str], prefix: str = "ticket"
+    draft: TicketFields, paths: Collection[str], *, update: bool = False
 ) -> TicketFields:
     """Trim, canonicalise and check the top-level fields named in `paths`; raise Invalid.
 
-    Fields outside `paths` are left alone: an update ignores what its mask does not name.
+    Fields outside `paths` are left alone: an update ignores what its mask does not name. An
+    update cannot unset the priority or the channel: they have defaults, not "none".
     """
+    prefix = "ticket"
     out: list[Violation] = []
     changes: dict[str, Any] = {}
     for name in paths:
@@ -269,6 +271,8 @@ def normalize_ticket(
                 changes[name] = tags(value, path, out)
             case "custom_fields":
                 changes[name] = _custom_fields(value, path, out)
+            case "priority" | "channel" if update and value is None:
+                out.append((path, "must be set"))
     if out:
         raise Invalid(out)
     return replace(draft, **changes)
@@ -289,20 +293,11 @@ def without_cleared(values: Mapping[str, object]) -> dict[str, object]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def finish_update(
-    current: TicketFields, merged: TicketFields, paths: Collection[str]
-) -> TicketFields:
-    """The whole-record rules of an updated ticket: an update cannot unset the priority or
-    the channel (they have defaults, not "none"), nor move the ticket to another contact
-    (sending back the contact it has is fine)."""
-    out: list[Violation] = []
-    for name in ("priority", "channel"):
-        if name in paths and getattr(merged, name) is None:
-            out.append((f"ticket.{name}", "must be set"))
+def finish_update(current: TicketFields, merged: TicketFields) -> TicketFields:
+    """The whole-record rules of an updated ticket: it stays with its contact (sending back
+    the contact it has is fine)."""
     if merged.contact_id != current.contact_id:
-        out.append(("ticket.contact_id", "a ticket stays with the contact who opened it"))
-    if out:
-        raise Invalid(out)
+        raise Invalid([("ticket.contact_id", "a ticket stays with the contact who opened it")])
     return replace(merged, custom_fields=without_cleared(merged.custom_fields))
 
 

@@ -30,6 +30,8 @@ _ALL_CONFIGS = sorted({*kb.SEARCH_CONFIGS.values(), kb.FALLBACK_CONFIG})
 # exactly.
 _RANK_SCALE = 1_000_000_000
 _HEADLINE = "StartSel=<mark>, StopSel=</mark>, MaxWords=35, MinWords=12, MaxFragments=2"
+# A locale filter takes its more specific tags too: "de" finds "de-AT".
+_LOCALE = "(a.locale = %(locale)s OR a.locale LIKE %(locale)s || '-%%')"
 # A ticket's text becomes an OR of at most this many of its words.
 _SUGGEST_TERMS = 64
 
@@ -193,7 +195,7 @@ async def page(
         where.append("a.status = %(status)s")
         params["status"] = filters.status.value
     if filters.locale:
-        where.append("lower(a.locale) = lower(%(locale)s)")
+        where.append(_LOCALE)
         params["locale"] = filters.locale
     if filters.tag:
         where.append("a.tags @> ARRAY[%(tag)s]::text[]")
@@ -260,7 +262,7 @@ async def search(
     }
     where = _visible(published_only)
     if locale:
-        where += " AND lower(a.locale) = lower(%(locale)s)"
+        where += f" AND {_LOCALE}"
         params["locale"] = locale
     if after is not None:
         where += (

@@ -203,9 +203,7 @@ async def update(
         view = await ticket_rows.load(conn, tenant_id, known, _LOCK)
         _check_etag(view, etag)
         current = view.ticket
-        merged = domain.finish_update(
-            current.fields, updates.merge(current.fields, draft, paths), paths
-        )
+        merged = domain.finish_update(current.fields, updates.merge(current.fields, draft, paths))
         changed = updates.changed_fields(current.fields, merged)
         if not changed:
             return Written(view, Verdicts())

@@ -226,15 +226,11 @@ def test_an_update_keeps_the_contact_and_the_defaults() -> None:
     current = domain.new_ticket_fields(TicketFields(subject="s", contact_id=CONTACT))
     other = "0190a0a0-0000-7000-8000-000000000002"
     with pytest.raises(Invalid) as err:
-        domain.finish_update(
-            current,
-            TicketFields(subject="s", contact_id=other, priority=None, channel=Channel.API),
-            ["contact_id", "priority"],
-        )
-    assert violations(err) == {
-        "ticket.priority": "must be set",
-        "ticket.contact_id": "a ticket stays with the contact who opened it",
-    }
+        domain.normalize_ticket(TicketFields(), ["priority", "channel"], update=True)
+    assert violations(err) == {"ticket.priority": "must be set", "ticket.channel": "must be set"}
+    with pytest.raises(Invalid) as err:
+        domain.finish_update(current, TicketFields(subject="s", contact_id=other))
+    assert violations(err) == {"ticket.contact_id": "a ticket stays with the contact who opened it"}
 
 
 def test_comment_authors() -> None:
