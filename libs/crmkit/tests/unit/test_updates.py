@@ -25,7 +25,7 @@ MAPS = frozenset({"labels"})
 
 
 def test_writable_paths_are_the_fields() -> None:
-    assert WRITABLE == {"name", "size", "labels"}
+    assert {"name", "size", "labels"} == WRITABLE
 
 
 def test_an_empty_mask_means_the_fields_set_in_the_message() -> None:
