@@ -11,7 +11,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: run test lint fmt typecheck proto proto-lint proto-breaking bench setup system-tools bench-tools clean
+.PHONY: run test lint fmt typecheck proto docs proto-lint proto-breaking bench setup system-tools bench-tools clean
 
 ## run: start the whole platform locally (embedded PostgreSQL and NATS, all services, a demo tenant)
 run: setup
@@ -60,6 +60,10 @@ $(GEN)/.stamp: $(VENV)/.synced $(PROTOS)
 	touch $@
 
 proto: $(GEN)/.stamp
+
+## docs: rewrite the reference tables of the READMEs from the protos and the declaration
+docs: setup
+	$(PY) -m trellis_devstack docs
 
 proto-lint: $(VENV)/.synced
 	$(BIN)/buf lint
