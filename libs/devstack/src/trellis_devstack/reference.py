@@ -96,6 +96,10 @@ def _blocks(decl: Declaration) -> dict[Path, dict[str, Callable[[], str]]]:
     return out
 
 
+def _escaped(replacement: str) -> str:
+    return replacement.replace("\\", "\\\\")
+
+
 def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
     for marker, content in blocks.items():
         pattern = re.compile(
@@ -105,8 +109,7 @@ def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
             raise ValueError(
                 f"missing <!-- reference:{marker} --> ... <!-- /reference:{marker} -->"
             )
-        table = content()
-        text = pattern.sub(lambda m: f"{m[1]}{table}\n{m[2]}", text)
+        text = pattern.sub(rf"\g<1>{_escaped(content())}\n\g<2>", text)
     return text
 
 
