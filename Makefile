@@ -47,14 +47,15 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml s
 	touch $@
 
 # Generated code goes to build/gen (not committed); a .pth file puts it on the venv's path so
-# imports are package-qualified: `from crm.contacts.v1 import contacts_pb2`.
+# imports are package-qualified: `from crm.contacts.v1 import contacts_pb2`. No __init__.py
+# files: `crm` is a namespace package, so code generated elsewhere (a test's throwaway
+# service) can add its own crm.<domain> beside ours.
 $(GEN)/.stamp: $(VENV)/.synced $(PROTOS)
 	rm -rf $(GEN) && mkdir -p $(GEN)/crm
 	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
 	  --python_out=$(GEN) --grpc_python_out=$(GEN) --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) \
 	  --descriptor_set_out=$(GEN)/crm/descriptors.binpb --include_source_info --include_imports \
 	  $(PROTOS)
-	find $(GEN)/crm -type d -exec touch {}/__init__.py \;
 	echo "$(CURDIR)/$(GEN)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/trellis_generated.pth
 	touch $@
 

@@ -35,7 +35,7 @@ from crmkit.context import Identity
 from crmkit.ids import new_id
 from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.processes import ServiceProcesses
-from trellis_devstack.stack import SERVICES, Stack
+from trellis_devstack.stack import Stack
 
 RESULTS = Path(__file__).parent / "results"
 UNLIMITED = {
@@ -214,7 +214,7 @@ def main() -> None:
         nats.start()
         stack = Stack.ephemeral(postgres, nats.url)
         procs = ServiceProcesses(stack, Path(tmp))
-        for name in SERVICES:
+        for name in stack.services:
             procs.start(name, UNLIMITED)
         try:
             stack.wait_ready()
@@ -227,7 +227,7 @@ def main() -> None:
             n, c = args.requests, args.concurrency
             figures = [
                 *asyncio.run(floor(stack.urls["contacts"][1], tenant, n, c)),
-                *asyncio.run(direct_grpc(f"127.0.0.1:{stack.ports.grpc['contacts']}", token, n, c)),
+                *asyncio.run(direct_grpc(stack.grpc_address("contacts"), token, n, c)),
                 *gateway(stack.gateway_url, key, n, c),
             ]
         finally:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import Platform, Tenant, new_tenant
 from trellis_devstack.infra import Nats, Postgres
-from trellis_devstack.stack import SERVICES, Stack
+from trellis_devstack.stack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +19,12 @@ def platform(
 ) -> Iterator[Platform]:
     stack = Stack.ephemeral(postgres, nats_server.url, db_prefix=f"e2e_{uuid.uuid4().hex[:6]}_")
     running = Platform(stack, tmp_path_factory.mktemp("logs"))
-    for name in SERVICES:
+    for name in stack.services:
         running.start(name)
     try:
         stack.wait_ready()
     except TimeoutError:
-        for name in SERVICES:
+        for name in stack.services:
             print(f"--- {name} ---\n{running.log_text(name)}")
         raise
     yield running

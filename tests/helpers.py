@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from crmkit import contract
 from trellis_devstack.processes import ServiceProcesses
 
 # Low per-key limits so a test can exhaust one; each test gets its own key, so they don't
@@ -41,11 +42,16 @@ class Tenant:
         )
 
 
-ALL_SCOPES = ["contacts:read", "contacts:write", "admin"]
+def all_scopes(platform: Platform) -> list[str]:
+    """Every scope a tenant's key can be granted on the platform under test."""
+    published = [
+        s for name in platform.stack.decl.backends() for s in contract.services_of_domain(name)
+    ]
+    return sorted(contract.grantable_scopes(published))
 
 
 def new_tenant(platform: Platform, scopes: list[str] | None = None) -> Tenant:
     tenant_id, key = platform.stack.create_tenant(
-        f"tenant-{uuid.uuid4().hex[:6]}", scopes or ALL_SCOPES
+        f"tenant-{uuid.uuid4().hex[:6]}", scopes or all_scopes(platform)
     )
     return Tenant(tenant_id, key, platform.stack.gateway_url)

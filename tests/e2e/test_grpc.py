@@ -16,11 +16,11 @@ from trellis_devstack.probes import health_status
 
 
 def _gateway(platform: Platform) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(f"127.0.0.1:{platform.stack.ports.gateway_grpc}")
+    return grpc.aio.insecure_channel(platform.stack.grpc_address("gateway"))
 
 
 def _contacts(platform: Platform) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(f"127.0.0.1:{platform.stack.ports.grpc['contacts']}")
+    return grpc.aio.insecure_channel(platform.stack.grpc_address("contacts"))
 
 
 async def test_crud_and_paging_through_the_gateway(platform: Platform, tenant: Tenant) -> None:

@@ -12,13 +12,13 @@ import pytest
 from tests.helpers import Platform, Tenant
 
 _GET_CONTACT = (
-    'trellis_grpc_server_requests_total{grpc_code="NOT_FOUND",grpc_method="GetContact",'
-    'grpc_service="crm.contacts.v1.ContactsService"}'
+    'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="GetContact",'
+    'grpc_service="crm.contacts.v1.ContactsService",grpc_type="unary"}'
 )
 
 
 def _scrape(platform: Platform, service: str) -> str:
-    port = platform.stack.ports.metrics[service]
+    port = platform.stack.ports[service]["metrics"]
     r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     assert r.status_code == 200
     return r.text
@@ -52,6 +52,22 @@ async def test_a_grpc_call_counts_with_method_and_code(platform: Platform, tenan
     assert after - before == 3
     gateway = _scrape(platform, "gateway")
     assert re.search(
-        r'trellis_http_requests_total\{method="GET",route="/v1/contacts/\{id\}",status="404"\} [1-9]',
+        r'http_server_request_duration_seconds_count\{http_request_method="GET",'
+        r'http_response_status_code="404",http_route="/v1/contacts/\{id\}"\} [1-9]',
         gateway,
     )
+
+
+def _families(text: str) -> set[str]:
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+def test_each_process_exposes_only_the_metrics_of_the_parts_it_runs(platform: Platform) -> None:
+    gateway, contacts = _scrape(platform, "gateway"), _scrape(platform, "contacts")
+    assert "http_server_request_duration_seconds" in _families(gateway)
+    assert "trellis_outbox_backlog_events" in _families(contacts)
+    # The gateway has no outbox; contacts serves no HTTP; neither has counters' _created twins.
+    assert not {f for f in _families(gateway) if f.startswith("trellis_outbox")}
+    assert "http_server_request_duration_seconds" not in _families(contacts)
+    for text in (gateway, contacts):
+        assert "_created" not in text

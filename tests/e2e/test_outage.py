@@ -53,9 +53,7 @@ async def test_contacts_created_during_a_nats_outage_arrive_exactly_once(
     created: list[str] = []
     nats_server.stop()
     try:
-        async with grpc.aio.insecure_channel(
-            f"127.0.0.1:{platform.stack.ports.grpc['contacts']}"
-        ) as channel:
+        async with grpc.aio.insecure_channel(platform.stack.grpc_address("contacts")) as channel:
             stub = contacts_pb2_grpc.ContactsServiceStub(channel)
             lock = asyncio.Semaphore(8)
 

@@ -60,13 +60,16 @@ Usage: {{- $ctx := dict "root" $ "name" $name }}{{- include "trellis.resolve" $c
 {{- .name | upper -}}
 {{- end -}}
 
-{{/* Image reference: <registry>/<repository>:<tag>[@<digest>]. Context: root, svc. */}}
+{{/*
+Image reference: <registry>/<repository>:<tag>[@<digest>]; the repository defaults to the
+service's name (the image built with --build-arg SERVICE=<name>). Context: root, name, svc.
+*/}}
 {{- define "trellis.image" -}}
-{{- $img := .svc.image -}}
+{{- $img := .svc.image | default dict -}}
 {{- $tag := $img.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
-{{- $repo := $img.repository -}}
+{{- $repo := $img.repository | default .name -}}
 {{- if .root.Values.image.registry -}}
-{{- $repo = printf "%s/%s" (trimSuffix "/" .root.Values.image.registry) $img.repository -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .root.Values.image.registry) $repo -}}
 {{- end -}}
 {{- printf "%s:%s" $repo $tag -}}
 {{- with $img.digest }}@{{ . }}{{- end -}}

@@ -52,8 +52,13 @@ def event_subject(tenant_id: str, domain: str, entity: str, action: str) -> str:
     return "crm.events." + ".".join(subject_token(v, what) for v, what in parts)
 
 
-def event_type(domain: str, entity: str, action: str) -> str:
-    return f"crm.{domain}.{entity}.{action}.v1"
+def tenant_of_subject(subject: str) -> str:
+    """The tenant token of an event subject <root>.events.<tenant>.<domain>.<entity>.<action>
+    (the root is `crm` in CRM_EVENTS)."""
+    parts = subject.split(".")
+    if len(parts) != 6 or parts[1] != "events":
+        raise ValueError(f"not an event subject: {subject!r}")
+    return parts[2]
 
 
 def rfc3339(moment: datetime) -> str:
@@ -64,14 +69,22 @@ def rfc3339(moment: datetime) -> str:
 
 
 def ce_headers(
+    *,
     event_id: str,
     ce_type: str,
     source: str,
     subject: str,
     tenant_id: str,
     time: datetime,
+    record_version: int,
+    dataschema: str,
 ) -> dict[str, str]:
-    """CloudEvents binary-mode attributes as NATS headers, plus the stream's dedupe id."""
+    """CloudEvents binary-mode attributes as NATS headers, plus the stream's dedupe id.
+
+    `ce-recordversion` (an extension) lets a consumer order one record's events without
+    decoding the body. The content type goes under `Content-Type`, the name the CloudEvents
+    NATS binding gives it, and `content-type`, the name SDKs reading headers as HTTP look for.
+    """
     return {
         "ce-specversion": "1.0",
         "ce-id": event_id,
@@ -80,6 +93,9 @@ def ce_headers(
         "ce-time": rfc3339(time),
         "ce-subject": subject,
         "ce-tenantid": tenant_id,
+        "ce-recordversion": str(record_version),
+        "ce-dataschema": dataschema,
+        "Content-Type": "application/json",
         "content-type": "application/json",
         "Nats-Msg-Id": event_id,
     }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
-from crmkit import migrations
+from crmkit import contract, migrations
 from crmkit.config import ServiceSettings, load_settings
 from crmkit.logging import configure_logging
 from crmkit.service import ServiceDefinition, serve
@@ -17,8 +18,16 @@ def main(defn: ServiceDefinition, settings_class: type[ServiceSettings]) -> None
     args = parser.parse_args()
     settings = load_settings(settings_class)
     if args.command == "serve":
-        asyncio.run(serve(defn, settings))
+        try:
+            asyncio.run(serve(defn, settings))
+        except contract.ContractError as exc:
+            print(f"refusing to start {defn.name}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         return
     configure_logging(defn.name, settings.log_level)
     url = settings.migration_database_url or settings.database_url
-    asyncio.run(migrations.migrate(url, defn.migrations(), settings.app_db_role))
+    try:
+        asyncio.run(migrations.migrate(url, defn.migrations(), settings.app_db_role))
+    except migrations.MigrationError as exc:
+        print(f"migration refused: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TypeVar
 
@@ -59,6 +60,16 @@ class ServiceSettings(BaseSettings):
         pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
         validation_alias=AliasChoices("LOG_LEVEL"),
     )
+
+    def callees(self) -> dict[str, str]:
+        """host:port of each service this one calls, by name, from `<PREFIX><CALLEE>_ADDR`
+        (the chart and devstack set one per edge of the declared call graph)."""
+        prefix = str(self.model_config.get("env_prefix", "")).upper()
+        return {
+            name[len(prefix) : -len("_ADDR")].lower(): value
+            for name, value in os.environ.items()
+            if name.startswith(prefix) and name.endswith("_ADDR") and len(name) > len(prefix) + 5
+        }
 
 
 S = TypeVar("S", bound=BaseSettings)

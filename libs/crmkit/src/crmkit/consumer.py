@@ -24,11 +24,14 @@ from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from crmkit import bus, db, metrics, telemetry
+from crmkit.ids import canonical_uuid
 
 log = logging.getLogger(__name__)
 _tracer = telemetry.tracer(__name__)
 
-_INBOX = "INSERT INTO inbox (consumer, event_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+_INBOX = (
+    "INSERT INTO inbox (tenant_id, consumer, event_id) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+)
 _ERROR_HEADER_MAX = 1000
 
 Outcome = Literal["processed", "duplicate", "retried", "dead_lettered"]
@@ -42,7 +45,8 @@ class Event:
     type: str
     source: str
     subject: str  # the record's id
-    tenant_id: str
+    tenant_id: str  # canonical; the subject's tenant, which ce-tenantid must agree with
+    record_version: int  # ce-recordversion; 0 when the producer sent none
     time: str  # RFC 3339, as sent
     data: dict[str, Any]  # the event's proto3 JSON
     nats_subject: str
@@ -57,10 +61,23 @@ class MalformedEventError(ValueError):
 
 
 def parse_event(msg: Msg) -> Event:
+    """The event of a message, its tenant taken from the subject (which NATS permissions and
+    the stream's filters are based on) and checked against the ce-tenantid header."""
     headers = dict(msg.headers or {})
     missing = [h for h in ("ce-id", "ce-type", "ce-source", "ce-tenantid") if not headers.get(h)]
     if missing:
         raise MalformedEventError(f"missing CloudEvents headers: {', '.join(missing)}")
+    try:
+        tenant_id = canonical_uuid(bus.tenant_of_subject(msg.subject))
+    except ValueError as err:
+        raise MalformedEventError(str(err)) from None
+    if tenant_id is None or tenant_id != canonical_uuid(headers["ce-tenantid"]):
+        raise MalformedEventError(
+            f"ce-tenantid {headers['ce-tenantid']!r} disagrees with subject {msg.subject!r}"
+        )
+    version = headers.get("ce-recordversion", "0")
+    if not version.isdigit():
+        raise MalformedEventError(f"ce-recordversion {version!r} is not a version number")
     try:
         data = json.loads(msg.data) if msg.data else {}
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
@@ -72,7 +89,8 @@ def parse_event(msg: Msg) -> Event:
         type=headers["ce-type"],
         source=headers["ce-source"],
         subject=headers.get("ce-subject", ""),
-        tenant_id=headers["ce-tenantid"],
+        tenant_id=tenant_id,
+        record_version=int(version),
         time=headers.get("ce-time", ""),
         data=data,
         nats_subject=msg.subject,
@@ -130,6 +148,7 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
         self._running = False
+        self._metrics = metrics.consumer()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -205,7 +224,7 @@ class Consumer:
                 # A deleted consumer or stream answers pulls with nothing at all (409s are
                 # swallowed as timeouts), so ask now and then; NotFoundError leads to re-bind.
                 info = await sub.consumer_info()
-                metrics.CONSUMER_PENDING.labels(self.name).set(info.num_pending or 0)
+                self._metrics.pending.labels(self.name).set(info.num_pending or 0)
                 next_check = time.monotonic() + self._info_interval
             msgs = await self._fetch(sub)
             for i, msg in enumerate(msgs):
@@ -264,7 +283,7 @@ class Consumer:
                     extra={"consumer": self.name, "nats_subject": msg.subject, "error": str(err)},
                 )
                 await self._dead_letter(msg, err)
-                metrics.CONSUMER_MESSAGES.labels(self.name, "dead_lettered").inc()
+                self._metrics.messages.labels(self.name, "dead_lettered").inc()
                 return
             try:
                 outcome = await self._apply(msg, event)
@@ -274,7 +293,7 @@ class Consumer:
                 outcome = await self._failed(msg, event, err)
             else:
                 await msg.ack()
-            metrics.CONSUMER_MESSAGES.labels(self.name, outcome).inc()
+            self._metrics.messages.labels(self.name, outcome).inc()
 
     async def _apply(self, msg: Msg, event: Event) -> Outcome:
         """Inbox row and handler effect in one transaction: both happen, or neither."""
@@ -282,7 +301,7 @@ class Consumer:
         try:
             async with asyncio.timeout(self._handler_timeout):
                 async with db.tenant_tx(self._pool, event.tenant_id) as conn:
-                    cur = await conn.execute(_INBOX, (self.name, event.id))
+                    cur = await conn.execute(_INBOX, (event.tenant_id, self.name, event.id))
                     if cur.rowcount == 0:
                         return "duplicate"
                     await self._handler(event, conn)
@@ -340,7 +359,7 @@ class Consumer:
         )
         await self._js.publish(dlq_subject(self.name, msg.subject), msg.data, headers=headers)
         await msg.ack()
-        metrics.DEAD_LETTERS.labels(self.name).inc()
+        self._metrics.dead_letters.labels(self.name).inc()
 
 
 async def redrive(js: JetStreamContext, consumer_name: str, *, limit: int = 1000) -> int:

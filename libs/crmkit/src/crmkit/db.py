@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import ParamSpec, TypeVar
+from contextvars import ContextVar
 
-import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from crmkit import metrics
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 Conn = AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Conn]
+
+# The transaction of the call being served, when the chassis opened one around the handler
+# (a call that records an idempotency key with its effect): the use case joins it.
+_ambient: ContextVar[tuple[str, Conn] | None] = ContextVar("ambient_tx", default=None)
 
 
 async def open_pool(url: str, *, name: str, min_size: int, max_size: int) -> Pool:
@@ -30,6 +29,9 @@ async def open_pool(url: str, *, name: str, min_size: int, max_size: int) -> Poo
         open=False,
         kwargs={"row_factory": dict_row},
         timeout=10,
+        # A connection PostgreSQL dropped (a restart, a failover) is found and replaced when
+        # it is taken from the pool, instead of failing the request that took it.
+        check=AsyncConnectionPool.check_connection,
     )
     await pool.open(wait=True, timeout=30)
     metrics.track_pool(name, pool)
@@ -41,32 +43,30 @@ async def tenant_tx(pool: Pool, tenant_id: str) -> AsyncIterator[Conn]:
     """One transaction in which the RLS policies see only `tenant_id`'s rows.
 
     The setting is transaction-local (`set_config(..., true)`), so a pooled connection never
-    carries one tenant's id into another's transaction.
+    carries one tenant's id into another's transaction. Inside a call the chassis runs in a
+    transaction of its own (see `joined`), this is that transaction.
     """
+    ambient = _ambient.get()
+    if ambient is not None:
+        if ambient[0] != tenant_id:
+            raise RuntimeError("a use case switched tenants inside the call's transaction")
+        yield ambient[1]
+        return
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant_id,))
         yield conn
 
 
-_DEADLOCK_ATTEMPTS = 3
+@asynccontextmanager
+async def joined(pool: Pool, tenant_id: str) -> AsyncIterator[Conn]:
+    """A tenant transaction that every `tenant_tx` inside this block joins.
 
-
-def retry_deadlocks(use_case: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Run a use case's transaction again when PostgreSQL rolled it back to break a deadlock.
-
-    Lock order is kept consistent where it can be, but some writes (two records exchanging
-    unique values) can still wait on each other. The victim's transaction was rolled back
-    whole, so running it again is safe; after a few tries the error reaches the interceptor,
-    which answers ABORTED.
+    The chassis uses it to commit a call's idempotency record with the call's effect: one
+    commit, so a crash anywhere leaves both or neither. An error inside rolls back all of it.
     """
-
-    @functools.wraps(use_case)
-    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        for _ in range(_DEADLOCK_ATTEMPTS - 1):
-            try:
-                return await use_case(*args, **kwargs)
-            except psycopg.errors.DeadlockDetected:
-                continue
-        return await use_case(*args, **kwargs)
-
-    return run
+    async with tenant_tx(pool, tenant_id) as conn:
+        token = _ambient.set((tenant_id, conn))
+        try:
+            yield conn
+        finally:
+            _ambient.reset(token)

@@ -11,9 +11,13 @@ def new_id() -> str:
     return str(uuid6.uuid7())
 
 
-def is_uuid(value: str) -> bool:
+def canonical_uuid(value: str) -> str | None:
+    """The canonical form of a UUID (lower case, hyphenated), or None when it is not one."""
     try:
-        uuid.UUID(value)
+        return str(uuid.UUID(value))
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def is_uuid(value: str) -> bool:
+    return canonical_uuid(value) is not None

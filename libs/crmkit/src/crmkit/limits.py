@@ -1,4 +1,5 @@
-"""Input limits declared in the protos (`crm.common.v1.max_length` / `max_items`), enforced.
+"""Input limits declared in the protos (`crm.common.v1.max_length`, `max_items`, `min_value`,
+`max_value`), enforced.
 
 The gateway checks a request before forwarding it and each service checks again, both with this
 one walker, so a bound lives only in the .proto file.
@@ -19,6 +20,30 @@ def field_limits(field: FieldDescriptor) -> tuple[int, int]:
     """(max_length, max_items) of a field, 0 meaning unbounded; cached: reading options is slow."""
     opts = field.GetOptions()
     return int(opts.Extensions[options_pb2.max_length]), int(opts.Extensions[options_pb2.max_items])
+
+
+@cache
+def value_range(field: FieldDescriptor) -> tuple[int | None, int | None]:
+    """(min_value, max_value) of an integer field; None where the proto sets no bound."""
+    opts = field.GetOptions()
+    low = (
+        opts.Extensions[options_pb2.min_value] if opts.HasExtension(options_pb2.min_value) else None
+    )
+    high = (
+        opts.Extensions[options_pb2.max_value] if opts.HasExtension(options_pb2.max_value) else None
+    )
+    return low, high
+
+
+def _out_of_range(value: object, field: FieldDescriptor) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    low, high = value_range(field)
+    if low is not None and value < low:
+        return f"must be at least {low}"
+    if high is not None and value > high:
+        return f"must be at most {high}"
+    return None
 
 
 def is_map_field(field: FieldDescriptor) -> bool:
@@ -66,6 +91,8 @@ def check_limits(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
         elif isinstance(value, str):
             if _too_long(value, max_length):
                 out.append((path, f"longer than {max_length} characters"))
+        elif (problem := _out_of_range(value, field)) is not None:
+            out.append((path, problem))
         elif isinstance(value, Message) and _walks_into(value):
             out.extend(check_limits(value, f"{path}."))
     return out

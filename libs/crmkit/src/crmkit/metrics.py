@@ -1,70 +1,130 @@
 """Prometheus metrics: one registry per process, served on its own port.
 
-Names follow Prometheus conventions (checked with `promtool check metrics` in the tests):
-base units, `_total` on counters (added by the client), `_seconds` on durations.
+Each part of the chassis registers its metrics the first time it is built, so a process
+exposes only the metrics of the parts it runs (the gateway has no outbox backlog). gRPC and
+HTTP use the names stock dashboards know: the gRPC ecosystem's `grpc_server_handled_total` /
+`grpc_server_handling_seconds`, and OpenTelemetry's `http.server.request.duration` in its
+Prometheus form. Names follow Prometheus conventions (checked with `promtool check metrics`);
+counters carry no `_created` twin, which nothing reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 from psycopg_pool import AsyncConnectionPool
 
 AnyPool = AsyncConnectionPool[Any]
 
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-GRPC_REQUESTS = Counter(
-    "trellis_grpc_server_requests",
-    "gRPC requests handled, by method and status code",
-    ["grpc_service", "grpc_method", "grpc_code"],
-)
-GRPC_DURATION = Histogram(
-    "trellis_grpc_server_request_duration_seconds",
-    "Time to handle a gRPC request",
-    ["grpc_service", "grpc_method"],
-    buckets=_LATENCY_BUCKETS,
-)
-HTTP_REQUESTS = Counter(
-    "trellis_http_requests",
-    "HTTP requests handled, by route and status",
-    ["method", "route", "status"],
-)
-HTTP_DURATION = Histogram(
-    "trellis_http_request_duration_seconds",
-    "Time to handle an HTTP request",
-    ["method", "route"],
-    buckets=_LATENCY_BUCKETS,
-)
-OUTBOX_BACKLOG = Gauge("trellis_outbox_backlog_events", "Outbox rows not yet published")
-OUTBOX_PUBLISHED = Counter("trellis_outbox_published_events", "Outbox rows published")
-OUTBOX_PUBLISH_LATENCY = Histogram(
-    "trellis_outbox_publish_latency_seconds",
-    "Time from an event's commit to its PubAck",
-    buckets=_LATENCY_BUCKETS,
-)
-CONSUMER_MESSAGES = Counter(
-    "trellis_consumer_messages",
-    "Events handled by consumers, by outcome",
-    ["consumer", "outcome"],
-)
-CONSUMER_PENDING = Gauge(
-    "trellis_consumer_pending_messages",
-    "Events in the stream a consumer has not yet received (lag)",
-    ["consumer"],
-)
-DEAD_LETTERS = Counter(
-    "trellis_dead_letter_messages",
-    "Events moved to the dead-letter stream",
-    ["consumer"],
-)
-RATE_LIMITED = Counter(
-    "trellis_rate_limited_requests", "Requests refused by a rate limit", ["limit"]
-)
+
+@dataclass(frozen=True)
+class GrpcServerMetrics:
+    handled: Counter
+    handling: Histogram
+
+
+@cache
+def grpc_server() -> GrpcServerMetrics:
+    return GrpcServerMetrics(
+        Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by method and status code",
+            ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
+        ),
+        Histogram(
+            "grpc_server_handling_seconds",
+            "Time the server took to handle an RPC",
+            ["grpc_service", "grpc_method", "grpc_type"],
+            buckets=_LATENCY_BUCKETS,
+        ),
+    )
+
+
+@cache
+def http_server() -> Histogram:
+    """OpenTelemetry's http.server.request.duration; its `_count` counts the requests."""
+    return Histogram(
+        "http_server_request_duration_seconds",
+        "Duration of HTTP server requests",
+        ["http_request_method", "http_route", "http_response_status_code"],
+        buckets=_LATENCY_BUCKETS,
+    )
+
+
+@dataclass(frozen=True)
+class OutboxMetrics:
+    backlog: Gauge
+    published: Counter
+    publish_latency: Histogram
+
+
+@cache
+def outbox() -> OutboxMetrics:
+    return OutboxMetrics(
+        Gauge("trellis_outbox_backlog_events", "Outbox rows not yet published"),
+        Counter("trellis_outbox_published_events", "Outbox rows published"),
+        Histogram(
+            "trellis_outbox_publish_latency_seconds",
+            "Time from an event's commit to its PubAck",
+            buckets=_LATENCY_BUCKETS,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ConsumerMetrics:
+    messages: Counter
+    pending: Gauge
+    dead_letters: Counter
+
+
+@cache
+def consumer() -> ConsumerMetrics:
+    return ConsumerMetrics(
+        Counter(
+            "trellis_consumer_messages",
+            "Events handled by consumers, by outcome",
+            ["consumer", "outcome"],
+        ),
+        Gauge(
+            "trellis_consumer_pending_messages",
+            "Events in the stream a consumer has not yet received (lag)",
+            ["consumer"],
+        ),
+        Counter(
+            "trellis_dead_letter_messages", "Events moved to the dead-letter stream", ["consumer"]
+        ),
+    )
+
+
+@cache
+def projections() -> Counter:
+    return Counter(
+        "trellis_projection_stale_events",
+        "Events a projection skipped because it already held a newer version of the record",
+        ["projection"],
+    )
+
+
+@cache
+def rate_limited() -> Counter:
+    return Counter("trellis_rate_limited_requests", "Requests refused by a rate limit", ["limit"])
 
 
 class PoolCollector(Collector):
@@ -90,15 +150,16 @@ class PoolCollector(Collector):
 
 
 _pools: dict[str, AnyPool] = {}
-_collector_registered = False
+
+
+@cache
+def _register_pool_collector() -> None:
+    REGISTRY.register(PoolCollector(lambda: list(_pools.items())))
 
 
 def track_pool(name: str, pool: AnyPool) -> None:
-    global _collector_registered
     _pools[name] = pool
-    if not _collector_registered:
-        REGISTRY.register(PoolCollector(lambda: list(_pools.items())))
-        _collector_registered = True
+    _register_pool_collector()
 
 
 def serve_metrics(host: str, port: int) -> None:

@@ -8,6 +8,7 @@ data access (but not ownership, so row-level security binds it).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -23,10 +24,18 @@ log = logging.getLogger(__name__)
 _LOCK_KEY = 7_271_955_001  # any constant shared by all migrators of a database
 
 
+class MigrationError(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class Migration:
     version: str  # "<namespace>/<file name>", e.g. "contacts/0001_init.sql"
     sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
 def migrations_dir(package_file: str) -> Path:
@@ -61,6 +70,23 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     version    text PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
 )"""
+# Databases migrated before checksums were kept adopt the files' current sums once.
+_ADD_CHECKSUM = "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text"
+
+
+def _check_unchanged(migrations: list[Migration], applied: dict[str, str | None]) -> None:
+    """Refuse to go on when a file that was applied has changed since: the database was built
+    from the old text, so the new one would never run and the two would silently differ."""
+    edited = [
+        m.version
+        for m in migrations
+        if applied.get(m.version) is not None and applied[m.version] != m.checksum
+    ]
+    if edited:
+        raise MigrationError(
+            f"applied migrations were edited since: {', '.join(edited)}. "
+            "Never change an applied file; add a new migration with the change instead."
+        )
 
 
 async def migrate(url: str, migrations: list[Migration], app_role: str | None) -> list[str]:
@@ -70,19 +96,23 @@ async def migrate(url: str, migrations: list[Migration], app_role: str | None) -
         await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             await conn.execute(_CREATE_TABLE)
-            done = {
-                r[0]
-                for r in await (
-                    await conn.execute("SELECT version FROM schema_migrations")
-                ).fetchall()
-            }
+            await conn.execute(_ADD_CHECKSUM)
+            cur = await conn.execute("SELECT version, checksum FROM schema_migrations")
+            done: dict[str, str | None] = {r[0]: r[1] for r in await cur.fetchall()}
+            _check_unchanged(migrations, done)
             for m in migrations:
                 if m.version in done:
+                    if done[m.version] is None:
+                        await conn.execute(
+                            "UPDATE schema_migrations SET checksum = %s WHERE version = %s",
+                            (m.checksum, m.version),
+                        )
                     continue
                 async with conn.transaction():
                     await conn.execute(m.sql.encode())
                     await conn.execute(
-                        "INSERT INTO schema_migrations (version) VALUES (%s)", (m.version,)
+                        "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
+                        (m.version, m.checksum),
                     )
                 log.info("migration applied", extra={"version": m.version})
                 applied.append(m.version)

@@ -1,11 +1,15 @@
 """Transactional outbox (DESIGN.md §4): events are rows written with the change they describe,
 and a relay publishes them to JetStream after commit.
 
-The relay wakes on LISTEN/NOTIFY and polls as a fallback, claims rows with
-`FOR UPDATE SKIP LOCKED` (replicas share the work, never a row), publishes and waits for every
-PubAck before marking the batch sent. A failure rolls the whole batch back; whatever did reach
-the stream is dropped on the re-publish by `Nats-Msg-Id`, and consumers' inboxes cover a
-re-publish that comes after the stream's dedupe window.
+The relay wakes on LISTEN/NOTIFY and polls as a fallback, claims the oldest unpublished rows
+with `FOR UPDATE` (without SKIP LOCKED: a relay in another replica waits for the batch in
+flight and then takes the rows after it, so the stream receives rows in their commit order
+and one record's events in order), publishes and waits for every PubAck before marking the
+batch sent. A failure, or a relay killed mid-batch, rolls the whole batch back; whatever did
+reach the stream is dropped on the re-publish by `Nats-Msg-Id`, and consumers' inboxes cover
+a re-publish that comes after the stream's dedupe window. The relay reads every tenant's rows
+through the SECURITY DEFINER functions of the chassis migrations; the service's own role sees
+one tenant's at a time.
 """
 
 from __future__ import annotations
@@ -14,9 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -30,72 +32,65 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from crmkit import bus, db, metrics, telemetry
+from crmkit import bus, contract, db, metrics, telemetry
 from crmkit.ids import new_id
 
 log = logging.getLogger(__name__)
 _tracer = telemetry.tracer(__name__)
 
 _INSERT = """
-INSERT INTO outbox (id, tenant_id, subject, ce_type, ce_subject, data, trace_context)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+INSERT INTO outbox (id, tenant_id, subject, ce_type, ce_subject, data, trace_context,
+                    record_version, data_schema)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
-_CLAIM = """
-SELECT seq, id, tenant_id, subject, ce_type, ce_subject, data, trace_context, created_at
-FROM outbox
-WHERE published_at IS NULL
-ORDER BY seq
-LIMIT %s
-FOR UPDATE SKIP LOCKED
-"""
-# clock_timestamp(), not now(): now() is the start of this transaction, before the PubAcks.
-_MARK = """
-UPDATE outbox SET published_at = clock_timestamp()
-WHERE seq = ANY(%s)
-RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8 AS latency
-"""
+_CLAIM = "SELECT * FROM crm_outbox_claim(%s) ORDER BY seq"
+_MARK = "SELECT latency FROM crm_outbox_mark(%s)"
 # Capped so the gauge stays cheap even when a long outage has piled rows up.
 _BACKLOG_CAP = 100_000
-_BACKLOG = "SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT %s) b"
-# Bounded per run so one clean-up never holds locks on a huge table for long.
-_CLEANUP = """
-DELETE FROM outbox WHERE seq IN (
-    SELECT seq FROM outbox WHERE published_at < now() - %s LIMIT 10000
-)
-"""
-_CLEANUP_EVERY_SECONDS = 60.0
+_BACKLOG = "SELECT crm_outbox_backlog(%s) AS n"
+
+
+def event_json(message: Message) -> bytes:
+    """An event's data: proto3 JSON with every field printed, so a cleared field reads as
+    cleared (an empty string, an empty list) instead of simply missing."""
+    return MessageToJson(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        indent=None,
+        ensure_ascii=False,
+    ).encode()
 
 
 async def write_event(
     conn: psycopg.AsyncConnection[Any],
+    message: Message,
     *,
     tenant_id: str,
-    domain: str,
-    entity: str,
-    action: str,
     record_id: str,
-    message: Message,
+    record_version: int,
 ) -> str:
     """Add an event to the outbox inside the caller's transaction; returns the event id.
 
-    Nothing is sent until that transaction commits, so an event exists if and only if the
-    change it describes does. The writing request's trace context is kept with the row, so
-    the consumers' spans join that trace.
+    Its type and subject come from the message's (crm.common.v1.event) option, so they cannot
+    drift from the contract. Nothing is sent until that transaction commits, so an event
+    exists if and only if the change it describes does. The writing request's trace context
+    is kept with the row, so the consumers' spans join that trace.
     """
+    kind = contract.event_type(message.DESCRIPTOR)
     event_id = new_id()
-    data = MessageToJson(
-        message, preserving_proto_field_name=True, indent=None, ensure_ascii=False
-    ).encode()
     await conn.execute(
         _INSERT,
         (
             event_id,
             tenant_id,
-            bus.event_subject(tenant_id, domain, entity, action),
-            bus.event_type(domain, entity, action),
+            bus.event_subject(tenant_id, kind.domain, kind.entity, kind.action),
+            kind.ce_type,
             record_id,
-            data,
+            event_json(message),
             Jsonb(telemetry.current_traceparent()),
+            record_version,
+            kind.schema,
         ),
     )
     return event_id
@@ -113,7 +108,6 @@ class OutboxRelay:
         batch_size: int = 200,
         poll_interval: float = 1.0,
         publish_timeout: float = 5.0,
-        retention: timedelta = timedelta(hours=24),
     ) -> None:
         self._pool = pool
         self._js = js
@@ -121,12 +115,11 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._publish_timeout = publish_timeout
-        self._retention = retention
+        self._metrics = metrics.outbox()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
         self._running = False
-        self._next_cleanup = 0.0
 
     async def run(self) -> None:
         """Relay until `stop()`; errors are logged and retried, never raised."""
@@ -172,7 +165,6 @@ class OutboxRelay:
                 continue
             failures = 0
             await self._refresh_backlog()
-            await self._cleanup()
             if claimed < self._batch_size:  # a full batch means more may be waiting
                 await self._wait_for_wake(self._poll_interval)
 
@@ -191,9 +183,9 @@ class OutboxRelay:
             await cur.execute(_MARK, ([r["seq"] for r in rows],))
             latencies = [r["latency"] for r in await cur.fetchall()]
         # Committed: only now do the rows count as published.
-        metrics.OUTBOX_PUBLISHED.inc(len(latencies))
+        self._metrics.published.inc(len(latencies))
         for latency in latencies:
-            metrics.OUTBOX_PUBLISH_LATENCY.observe(max(latency, 0.0))
+            self._metrics.publish_latency.observe(max(latency, 0.0))
         return len(rows)
 
     async def _publish(self, rows: Sequence[DictRow]) -> list[PubAck]:
@@ -217,12 +209,14 @@ class OutboxRelay:
                 )
                 spans.append(span)
                 headers = bus.ce_headers(
-                    event_id,
-                    row["ce_type"],
-                    self._source,
-                    row["ce_subject"],
-                    str(row["tenant_id"]),
-                    row["created_at"],
+                    event_id=event_id,
+                    ce_type=row["ce_type"],
+                    source=self._source,
+                    subject=row["ce_subject"],
+                    tenant_id=str(row["tenant_id"]),
+                    time=row["created_at"],
+                    record_version=row["record_version"],
+                    dataschema=row["data_schema"],
                 )
                 with trace.use_span(span, end_on_exit=False):
                     telemetry.inject_into(headers)  # consumers continue from this span
@@ -247,22 +241,9 @@ class OutboxRelay:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(_BACKLOG, (_BACKLOG_CAP,))
                 row = await cur.fetchone()
-            metrics.OUTBOX_BACKLOG.set(row["n"] if row else 0)
+            self._metrics.backlog.set(row["n"] if row else 0)
         except Exception as err:  # a metric is not worth failing the round for
             log.debug("outbox backlog not refreshed", extra={"error": repr(err)})
-
-    async def _cleanup(self) -> None:
-        now = time.monotonic()
-        if now < self._next_cleanup:
-            return
-        self._next_cleanup = now + _CLEANUP_EVERY_SECONDS
-        try:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(_CLEANUP, (self._retention,))
-                if cur.rowcount:
-                    log.info("outbox rows cleaned up", extra={"rows": cur.rowcount})
-        except Exception as err:
-            log.warning("outbox clean-up failed", extra={"error": repr(err)})
 
     async def _listen(self) -> None:
         """Set `_wake` on every NOTIFY; reconnect when the connection dies."""

@@ -19,7 +19,6 @@ from typing import TypeVar
 from crmkit.errors import invalid_field
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 # What a sort key may hold: JSON scalars that round-trip exactly.
 Key = str | int
@@ -27,12 +26,12 @@ _KEY_TYPES = (str, int)
 T = TypeVar("T")
 
 
-def page_size(requested: int, field: str = "page_size") -> int:
-    """The effective page size: the default for 0, the request's within (0, MAX_PAGE_SIZE]."""
-    if requested < 0:
-        raise invalid_field(field, "must not be negative")
-    if requested > MAX_PAGE_SIZE:
-        raise invalid_field(field, f"must be at most {MAX_PAGE_SIZE}")
+def page_size(requested: int) -> int:
+    """The effective page size: the default for 0, else the request's.
+
+    Its bounds are the page_size field's min_value/max_value options, which the chassis
+    checks before any handler runs (and refuses to serve a page_size without them).
+    """
     return requested or DEFAULT_PAGE_SIZE
 
 

@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +21,7 @@ import grpc
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from crmkit import bus, db, grpc_server, metrics, migrations, telemetry
+from crmkit import auth, bus, db, grpc_server, housekeeping, metrics, migrations, telemetry
 from crmkit.config import ServiceSettings
 from crmkit.db import Pool
 from crmkit.logging import configure_logging
@@ -49,6 +50,10 @@ class Runtime:
     # How gRPC callers prove who they are: the gateway's internal token, unless the wiring
     # replaces it (the gateway itself accepts API keys).
     authenticate: grpc_server.Authenticate
+    records_idempotency_keys: bool = True
+    # The gRPC services served: the definition's, plus any the wiring adds (the gateway's
+    # depend on its configured backends). Health, reflection and contract checks cover these.
+    grpc_services: list[str] = field(default_factory=list)
     server: grpc.aio.Server = field(init=False)
     interceptor: grpc_server.ChassisInterceptor = field(init=False)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -56,7 +61,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.server, self.interceptor = grpc_server.build_server(
-            lambda md, scope: self.authenticate(md, scope)
+            lambda md, scope: self.authenticate(md, scope),
+            self.pool if self.records_idempotency_keys else None,
         )
 
 
@@ -69,6 +75,9 @@ class ServiceDefinition:
     # HTTP server, ...); the chassis adds the outbox relay when the service uses the bus.
     wire: Callable[[Runtime], Awaitable[list[Worker]]]
     uses_bus: bool = True
+    # False for a process that forwards calls to the services that own the writes (the
+    # gateway): they record the idempotency keys, in the transactions of the writes.
+    records_idempotency_keys: bool = True
 
     def migrations(self) -> list[migrations.Migration]:
         return migrations.discover(self.name, self.migrations_dir)
@@ -150,13 +159,22 @@ async def serve(
         nc=nc,
         js=js,
         authenticate=grpc_server.internal_token_authenticator(
-            settings.internal_token_secret.get_secret_value()
+            auth.Verifier(settings.internal_token_secret.get_secret_value())
         ),
+        records_idempotency_keys=defn.records_idempotency_keys,
+        grpc_services=list(defn.grpc_services),
     )
     server = runtime.server
-    health = grpc_server.add_health_and_reflection(server, defn.grpc_services)
-    await grpc_server.set_serving(health, defn.grpc_services, serving=False)
     workers = await defn.wire(runtime)
+    served = runtime.grpc_services
+    health = grpc_server.add_health_and_reflection(server, served)
+    await grpc_server.set_serving(health, served, serving=False)
+    workers.append(
+        housekeeping.worker(
+            pool,
+            housekeeping.Retention(inbox=timedelta(days=settings.nats_stream_max_age_days)),
+        )
+    )
     if js is not None:
         workers.insert(0, OutboxRelay(pool, js, source=f"/trellis/{defn.name}"))
     server.add_insecure_port(f"{settings.bind_host}:{settings.grpc_port}")
@@ -171,7 +189,7 @@ async def serve(
         lambda t: (
             None
             if t.cancelled()
-            else asyncio.ensure_future(grpc_server.set_serving(health, defn.grpc_services, True))
+            else asyncio.ensure_future(grpc_server.set_serving(health, served, True))
         )
     )
     log.info("serving", extra={"grpc_port": settings.grpc_port})

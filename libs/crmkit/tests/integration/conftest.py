@@ -61,6 +61,15 @@ async def pool(fresh_db: tuple[str, str], tmp_path: Path) -> AsyncIterator[db.Po
 
 
 @pytest.fixture
+async def owner(fresh_db: tuple[str, str], pool: db.Pool) -> AsyncIterator[db.Pool]:
+    """A pool of the tables' owner, to inspect every tenant's chassis rows as a test must
+    (the app role sees one tenant's, and the outbox only through the relay's functions)."""
+    p = await db.open_pool(fresh_db[0], name=f"{pool.name}_owner", min_size=1, max_size=2)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
 async def nc(nats_server: Any) -> AsyncIterator[NATS]:
     conn = await bus.connect(nats_server.url, "bus-test")
     await bus.ensure_streams(conn.jetstream(), replicas=1)

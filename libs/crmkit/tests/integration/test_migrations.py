@@ -58,3 +58,33 @@ async def test_a_failing_file_leaves_nothing_half_applied(
         assert await migrations.pending(conn, wanted) == ["svc/0002_broken.sql"]
         half = await (await conn.execute("SELECT to_regclass('half') AS t")).fetchone()
         assert half == {"t": None}
+
+
+async def test_an_edited_applied_file_is_refused_by_name(
+    fresh_db: tuple[str, str], tmp_path: Path
+) -> None:
+    owner_url, _ = fresh_db
+    await migrations.migrate(owner_url, _files(tmp_path), None)
+    (tmp_path / "0002_more.sql").write_text("ALTER TABLE things ADD COLUMN renamed text;")
+    (tmp_path / "0003_new.sql").write_text("CREATE TABLE later (id int);")
+    with pytest.raises(migrations.MigrationError, match=r"svc/0002_more\.sql.*add a new migration"):
+        await migrations.migrate(owner_url, migrations.discover("svc", tmp_path), None)
+    async with await psycopg.AsyncConnection.connect(owner_url, row_factory=dict_row) as conn:
+        later = await (await conn.execute("SELECT to_regclass('later') AS t")).fetchone()
+        assert later == {"t": None}  # refused before anything else ran
+
+
+async def test_a_database_migrated_before_checksums_adopts_them_once(
+    fresh_db: tuple[str, str], tmp_path: Path
+) -> None:
+    owner_url, _ = fresh_db
+    wanted = _files(tmp_path)
+    await migrations.migrate(owner_url, wanted, None)
+    async with await psycopg.AsyncConnection.connect(owner_url, autocommit=True) as conn:
+        await conn.execute("ALTER TABLE schema_migrations DROP COLUMN checksum")
+    assert await migrations.migrate(owner_url, wanted, None) == []
+    async with await psycopg.AsyncConnection.connect(owner_url, row_factory=dict_row) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM schema_migrations WHERE checksum IS NULL"
+        )
+        assert await cur.fetchone() == {"n": 0}

@@ -12,13 +12,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from google.protobuf.struct_pb2 import Struct
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from crm.contacts.v1 import contacts_pb2, events_pb2
 from crmkit import bus, db
 from crmkit.consumer import Consumer, Event
 from crmkit.ids import new_id
@@ -28,10 +28,9 @@ from trellis_devstack.infra import Nats, Postgres
 SOURCE = "/trellis/test"
 
 
-def payload(**fields: Any) -> Struct:
-    msg = Struct()
-    msg.update(fields)
-    return msg
+def created(**fields: Any) -> events_pb2.ContactCreated:
+    """A contact.created event (any event message of the contract would do)."""
+    return events_pb2.ContactCreated(contact=contacts_pb2.Contact(**fields))
 
 
 async def write(pool: db.Pool, tenant: str, n: int = 1) -> list[str]:
@@ -42,12 +41,10 @@ async def write(pool: db.Pool, tenant: str, n: int = 1) -> list[str]:
             ids.append(
                 await write_event(
                     conn,
+                    created(first_name="Ada", last_name=f"Lovelace {i}"),
                     tenant_id=tenant,
-                    domain="contacts",
-                    entity="contact",
-                    action="created",
                     record_id=new_id(),
-                    message=payload(display_name="Ada Lovelace", n=i),
+                    record_version=1,
                 )
             )
     return ids
@@ -63,7 +60,7 @@ def recorder(name: str) -> Any:
 
 
 async def test_committed_events_are_published_once_with_envelope_and_trace(
-    pool: db.Pool, js: JetStreamContext, spans: InMemorySpanExporter, h: Any
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, spans: InMemorySpanExporter, h: Any
 ) -> None:
     tenant, record = new_id(), new_id()
     tracer = trace.get_tracer("test")
@@ -71,12 +68,10 @@ async def test_committed_events_are_published_once_with_envelope_and_trace(
         async with db.tenant_tx(pool, tenant) as conn:
             event_id = await write_event(
                 conn,
+                created(first_name="Zoë", tags=["vip"]),
                 tenant_id=tenant,
-                domain="contacts",
-                entity="contact",
-                action="created",
                 record_id=record,
-                message=payload(display_name="Zoë", tags=["vip"]),
+                record_version=7,
             )
     trace_id = format(request_span.get_span_context().trace_id, "032x")
     subject = f"crm.events.{tenant}.contacts.contact.created"
@@ -94,7 +89,10 @@ async def test_committed_events_are_published_once_with_envelope_and_trace(
 
     [msg] = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
     assert msg.subject == subject
-    assert json.loads(msg.data) == {"display_name": "Zoë", "tags": ["vip"]}
+    contact = json.loads(msg.data)["contact"]
+    assert (contact["first_name"], contact["tags"]) == ("Zoë", ["vip"])
+    # Fields without presence are printed even when empty: a partner sees a cleared field.
+    assert (contact["last_name"], contact["emails"], contact["custom_fields"]) == ("", [], {})
     hdrs = msg.headers
     assert {k: hdrs[k] for k in hdrs if k not in ("ce-time", "traceparent", "tracestate")} == {
         "ce-specversion": "1.0",
@@ -103,6 +101,9 @@ async def test_committed_events_are_published_once_with_envelope_and_trace(
         "ce-type": "crm.contacts.contact.created.v1",
         "ce-subject": record,
         "ce-tenantid": tenant,
+        "ce-recordversion": "7",
+        "ce-dataschema": "urn:trellis:schema:crm.contacts.v1.ContactCreated",
+        "Content-Type": "application/json",
         "content-type": "application/json",
         "Nats-Msg-Id": event_id,
     }
@@ -122,7 +123,7 @@ async def test_committed_events_are_published_once_with_envelope_and_trace(
     assert processing.parent is not None
     assert processing.parent.span_id == producer.context.span_id
 
-    async with pool.connection() as conn, conn.transaction():
+    async with owner.connection() as conn, conn.transaction():
         row = await (await conn.execute("SELECT published_at FROM outbox")).fetchone()
     assert row is not None
     assert row["published_at"] is not None
@@ -130,7 +131,7 @@ async def test_committed_events_are_published_once_with_envelope_and_trace(
 
 
 async def test_rolled_back_transaction_publishes_nothing(
-    pool: db.Pool, js: JetStreamContext, h: Any
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, h: Any
 ) -> None:
     tenant = new_id()
 
@@ -141,12 +142,10 @@ async def test_rolled_back_transaction_publishes_nothing(
         async with db.tenant_tx(pool, tenant) as conn:
             await write_event(
                 conn,
+                events_pb2.ContactDeleted(id=new_id(), version=2),
                 tenant_id=tenant,
-                domain="contacts",
-                entity="contact",
-                action="deleted",
                 record_id=new_id(),
-                message=payload(),
+                record_version=2,
             )
             raise Abort
 
@@ -156,17 +155,17 @@ async def test_rolled_back_transaction_publishes_nothing(
     [committed] = await write(pool, tenant)
     async with h.running(OutboxRelay(pool, js, source=SOURCE)):
         await h.eventually(
-            lambda: h.scalar(pool, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"),
+            lambda: h.scalar(owner, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"),
             within=10,
             what="the committed event to be published",
         )
     stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
     assert [m.headers["ce-id"] for m in stored] == [committed]
-    assert await h.scalar(pool, "SELECT count(*) FROM outbox") == 1
+    assert await h.scalar(owner, "SELECT count(*) FROM outbox") == 1
 
 
 async def test_nats_outage_and_republishes_still_give_exactly_once_effects(
-    pool: db.Pool, js: JetStreamContext, nats_server: Nats, h: Any
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, nats_server: Nats, h: Any
 ) -> None:
     tenant = new_id()
     name = f"c{uuid.uuid4().hex[:12]}"
@@ -201,7 +200,7 @@ async def test_nats_outage_and_republishes_still_give_exactly_once_effects(
                 what="the relay to fail a round and report a backlog of 200",
             )
             unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-            assert await h.scalar(pool, unpublished) == 200
+            assert await h.scalar(owner, unpublished) == 200
         finally:
             nats_server.start()  # later tests need it, whatever happened here
         assert len(set(ids)) == 200
@@ -210,12 +209,12 @@ async def test_nats_outage_and_republishes_still_give_exactly_once_effects(
 
         # Re-publish everything with two relays racing over the same rows: the stream drops
         # the copies by Nats-Msg-Id, so it still holds each event once.
-        async with pool.connection() as conn, conn.transaction():
+        async with owner.connection() as conn, conn.transaction():
             await conn.execute("UPDATE outbox SET published_at = NULL")
         async with h.running(OutboxRelay(pool, js, source=SOURCE, batch_size=25)):
             await h.eventually(
                 lambda: h.scalar(
-                    pool, "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"
+                    owner, "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"
                 ),
                 within=15,
                 what="the re-publish",
@@ -243,7 +242,7 @@ async def test_nats_outage_and_republishes_still_give_exactly_once_effects(
 
 
 async def test_relay_survives_its_listen_connection_dying(
-    pool: db.Pool, js: JetStreamContext, postgres: Postgres, h: Any
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, postgres: Postgres, h: Any
 ) -> None:
     tenant = new_id()
     # Polling every 60 s: anything faster than that was woken by NOTIFY.
@@ -261,7 +260,7 @@ async def test_relay_survives_its_listen_connection_dying(
 
     async def published() -> int:
         return int(
-            await h.scalar(pool, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+            await h.scalar(owner, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
         )
 
     async with h.running(relay):
@@ -285,7 +284,7 @@ async def test_relay_survives_its_listen_connection_dying(
 
 
 async def test_stop_finishes_and_returns_promptly(
-    pool: db.Pool, js: JetStreamContext, h: Any
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, h: Any
 ) -> None:
     tenant = new_id()
     await write(pool, tenant, 50)
@@ -293,7 +292,7 @@ async def test_stop_finishes_and_returns_promptly(
     async with h.running(relay):
         await h.eventually(
             lambda: h.scalar(
-                pool, "SELECT count(*) = 50 FROM outbox WHERE published_at IS NOT NULL"
+                owner, "SELECT count(*) = 50 FROM outbox WHERE published_at IS NOT NULL"
             ),
             within=10,
             what="all 50 to be published in batches of 10",
@@ -304,7 +303,7 @@ async def test_stop_finishes_and_returns_promptly(
     stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
     assert len(stored) == 50
     # Sent in seq order, so the stream holds them in the order they were written.
-    async with pool.connection() as conn, conn.transaction():
+    async with owner.connection() as conn, conn.transaction():
         rows = await (await conn.execute("SELECT id FROM outbox ORDER BY seq")).fetchall()
     assert [m.headers["ce-id"] for m in stored] == [str(r["id"]) for r in rows]
 
@@ -328,7 +327,148 @@ async def test_ensure_streams_is_idempotent_under_a_race_and_repairs_drift(
 
 def test_subjects_and_types() -> None:
     assert bus.event_subject("t1", "sales", "deal", "won") == "crm.events.t1.sales.deal.won"
-    assert bus.event_type("sales", "deal", "won") == "crm.sales.deal.won.v1"
     for bad in ("a.b", "*", ">", "", "a b"):
         with pytest.raises(ValueError, match="NATS subject token"):
             bus.event_subject(bad, "sales", "deal", "won")
+
+
+async def _write_versions(pool: db.Pool, tenant: str, records: list[str], versions: int) -> None:
+    """Updates of the same records interleaved across concurrent writers, versions in order
+    per record (as the row lock of an update orders them in a service)."""
+
+    async def one_record(record: str) -> None:
+        for version in range(1, versions + 1):
+            async with db.tenant_tx(pool, tenant) as conn:
+                await write_event(
+                    conn,
+                    events_pb2.ContactUpdated(
+                        contact=contacts_pb2.Contact(id=record, version=version)
+                    ),
+                    tenant_id=tenant,
+                    record_id=record,
+                    record_version=version,
+                )
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(one_record(r) for r in records))
+
+
+def _versions_in_stream_order(stored: list[Any]) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = {}
+    for m in stored:
+        seen.setdefault(m.headers["ce-subject"], []).append(int(m.headers["ce-recordversion"]))
+    return seen
+
+
+class _GatedRelay(OutboxRelay):
+    """A relay that holds its first claimed batch until the test opens the gate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.claimed = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def _publish(self, rows: Any) -> Any:
+        self.claimed.set()
+        await self.gate.wait()
+        return await super()._publish(rows)
+
+
+async def test_a_second_relay_waits_for_the_batch_in_flight_instead_of_overtaking_it(
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, postgres: Postgres, h: Any
+) -> None:
+    tenant, record = new_id(), new_id()
+    await _write_versions(pool, tenant, [record], versions=10)
+    first = _GatedRelay(pool, js, source=SOURCE, batch_size=5)
+    second = OutboxRelay(pool, js, source=SOURCE, batch_size=5)
+    waiting_for_lock = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+        " AND wait_event_type = 'Lock' AND query LIKE '%%crm_outbox_claim%%'"
+    )
+
+    async def second_blocked_or_ahead() -> bool:
+        async with await psycopg.AsyncConnection.connect(postgres.superuser_url) as conn:
+            row = await (await conn.execute(waiting_for_lock, (pool.name,))).fetchone()
+        blocked = row is not None and row[0] > 0
+        ahead = bool(await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>"))
+        return blocked or ahead
+
+    async with h.running(first):
+        await asyncio.wait_for(first.claimed.wait(), 10)  # versions 1-5 claimed, not sent
+        async with h.running(second):
+            await h.eventually(
+                second_blocked_or_ahead, within=10, what="the second relay to try its batch"
+            )
+            first.gate.set()
+            await h.eventually(
+                lambda: h.scalar(
+                    owner, "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"
+                ),
+                within=15,
+                what="all ten events to be published",
+            )
+    stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
+    assert _versions_in_stream_order(stored) == {record: list(range(1, 11))}
+
+
+class _Crash(BaseException):
+    """Ends a relay mid-batch the way a killed process would: nothing after it runs."""
+
+
+class _DyingRelay(OutboxRelay):
+    """A relay that dies after sending half of its first batch (its PubAcks included)."""
+
+    async def _publish(self, rows: Any) -> Any:
+        await super()._publish(rows[: len(rows) // 2])
+        raise _Crash
+
+
+async def test_a_relay_killed_mid_batch_leaves_the_batch_to_the_next_in_order(
+    pool: db.Pool, owner: db.Pool, js: JetStreamContext, h: Any
+) -> None:
+    tenant = new_id()
+    records = [new_id() for _ in range(3)]
+    await _write_versions(pool, tenant, records, versions=10)
+    dying = _DyingRelay(pool, js, source=SOURCE, batch_size=30)
+    with pytest.raises(_Crash):
+        await dying.run()
+    # Half the batch reached the stream; the batch's transaction died with the relay.
+    assert len(await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")) == 15
+    assert await h.scalar(owner, "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 30
+    async with h.running(OutboxRelay(pool, js, source=SOURCE, batch_size=30)):
+        await h.eventually(
+            lambda: h.scalar(owner, "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"),
+            within=15,
+            what="the next relay to publish the batch",
+        )
+    stored = await h.stream_messages(js, bus.STREAM, f"crm.events.{tenant}.>")
+    # The re-published half was dropped by the stream (same Nats-Msg-Id): each event once,
+    # each record's in order.
+    assert len({m.headers["ce-id"] for m in stored}) == len(stored) == 30
+    assert _versions_in_stream_order(stored) == {r: list(range(1, 11)) for r in records}
+
+
+async def test_the_app_role_sees_one_tenants_events_and_the_relay_all(
+    pool: db.Pool, owner: db.Pool
+) -> None:
+    mine, theirs = new_id(), new_id()
+    await write(pool, mine)
+    await write(pool, theirs, 2)
+    for tenant, expected in ((mine, 1), (theirs, 2)):
+        async with db.tenant_tx(pool, tenant) as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM outbox")
+            assert (await cur.fetchone()) == {"n": expected}
+    async with pool.connection() as conn, conn.transaction():  # no tenant: nothing at all
+        assert (await (await conn.execute("SELECT count(*) AS n FROM outbox")).fetchone()) == {
+            "n": 0
+        }
+        # Writing another tenant's event from inside a tenant's transaction is refused.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        async with db.tenant_tx(pool, mine) as conn:
+            await write_event(
+                conn,
+                created(first_name="x"),
+                tenant_id=theirs,
+                record_id=new_id(),
+                record_version=1,
+            )

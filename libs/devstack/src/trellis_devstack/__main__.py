@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -13,26 +12,30 @@ from pathlib import Path
 
 from honcho.manager import Manager
 
+from crmkit import contract
+from trellis_devstack import declaration
 from trellis_devstack.infra import Nats, Postgres
-from trellis_devstack.stack import SERVICES, Ports, Stack
+from trellis_devstack.stack import Stack, fixed_ports, new_secrets
 
 DATA = Path(os.environ.get("TRELLIS_DATA_DIR", ".data")).resolve()
-DEMO_SCOPES = ["contacts:read", "contacts:write", "admin"]
+
+
+def demo_scopes(decl: declaration.Declaration) -> list[str]:
+    """Every scope a tenant's key can hold on the services the gateway publishes."""
+    published = [s for name in decl.backends() for s in contract.services_of_domain(name)]
+    return sorted(contract.grantable_scopes(published))
 
 
 def _secrets() -> dict[str, str]:
-    """Generated once and kept under .data/, so a second run finds the same keys."""
+    """Generated once and kept under .data/, so a second run finds the same keys; a secret
+    the chart declares later is added to the file then."""
     path = DATA / "secrets.json"
-    if path.exists():
-        stored: dict[str, str] = json.loads(path.read_text())
-        return stored
-    values = {
-        "internal_token_secret": secrets.token_urlsafe(48),
-        "bootstrap_key": secrets.token_urlsafe(48),
-    }
-    DATA.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values))
-    path.chmod(0o600)
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    values = {**new_secrets(), **stored}
+    if values != stored:
+        DATA.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+        path.chmod(0o600)
     return values
 
 
@@ -43,7 +46,7 @@ def _announce(stack: Stack, manager: Manager) -> None:
         if demo.exists():
             tenant_id, key = json.loads(demo.read_text())
         else:
-            tenant_id, key = stack.create_tenant("Demo Tenant", DEMO_SCOPES)
+            tenant_id, key = stack.create_tenant("Demo Tenant", demo_scopes(stack.decl))
             demo.write_text(json.dumps([tenant_id, key]))
             demo.chmod(0o600)
     except Exception as exc:  # a failed start must stop everything, not hang
@@ -54,7 +57,7 @@ def _announce(stack: Stack, manager: Manager) -> None:
     print(
         f"\n  Trellis is running.\n"
         f"  Gateway (REST):  {url}\n"
-        f"  Gateway (gRPC):  127.0.0.1:{stack.ports.gateway_grpc}\n"
+        f"  Gateway (gRPC):  {stack.grpc_address(declaration.GATEWAY)}\n"
         f"  API docs:        {url}/docs   (OpenAPI: {url}/v1/openapi.json)\n"
         f"  Demo tenant:     {tenant_id}\n"
         f"  API key:         {key}\n\n"
@@ -75,17 +78,14 @@ def run() -> None:
         nats.start()
         nats_url = nats.url
     try:
+        decl = declaration.load()
         stack = Stack(
-            postgres=postgres,
-            nats_url=nats_url,
-            ports=Ports.fixed(),
-            internal_token_secret=values["internal_token_secret"],
-            bootstrap_key=values["bootstrap_key"],
+            postgres=postgres, nats_url=nats_url, ports=fixed_ports(decl), secrets=values, decl=decl
         )
         stack.provision()
         stack.migrate()
         manager = Manager()
-        for name in SERVICES:
+        for name in stack.services:
             # exec: the service itself, not a shell around it, gets the signals.
             command = "exec " + " ".join(stack.command(name, "serve"))
             manager.add_process(name, command, env=stack.env(name))

@@ -1,7 +1,8 @@
 """The platform's processes on one machine: databases, environment, migrations, services.
 
 `make run` and the end-to-end tests both build on this, so what the tests exercise is what a
-newcomer runs.
+newcomer runs. Which services exist, their ports and who calls whom come from the one
+declaration (declaration.py); nothing here names a service but the gateway, the front door.
 """
 
 from __future__ import annotations
@@ -15,30 +16,31 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from trellis_devstack import declaration
+from trellis_devstack.declaration import GATEWAY, Declaration
 from trellis_devstack.infra import Postgres, free_port
 
-SERVICES = ("contacts", "gateway")  # start order: the gateway calls contacts
+Ports = dict[str, dict[str, int]]  # service -> port name -> port on 127.0.0.1
+
+_LOCAL_METRICS_BASE = 9100
 
 
-@dataclass
-class Ports:
-    gateway_http: int
-    gateway_grpc: int
-    grpc: dict[str, int]
-    metrics: dict[str, int]
+def fixed_ports(decl: Declaration) -> Ports:
+    """The ports `make run` uses, the same on every run: the gateway's as declared (8080,
+    50050), every other service its declared port plus its place in the start order (so
+    several can share one machine), metrics from 9100."""
+    ports: Ports = {}
+    for i, name in enumerate(decl.start_order()):
+        offset = 0 if name == GATEWAY else i
+        ports[name] = {
+            p: (_LOCAL_METRICS_BASE + i if p == "metrics" else number + offset)
+            for p, number in decl.services[name].ports.items()
+        }
+    return ports
 
-    @classmethod
-    def fixed(cls) -> Ports:
-        return cls(8080, 50050, {"contacts": 50051}, {"gateway": 9100, "contacts": 9101})
 
-    @classmethod
-    def free(cls) -> Ports:
-        return cls(
-            free_port(),
-            free_port(),
-            {"contacts": free_port()},
-            {name: free_port() for name in SERVICES},
-        )
+def free_ports(decl: Declaration) -> Ports:
+    return {name: {p: free_port() for p in s.ports} for name, s in decl.services.items()}
 
 
 @dataclass
@@ -46,74 +48,103 @@ class Stack:
     postgres: Postgres
     nats_url: str
     ports: Ports
-    internal_token_secret: str
-    bootstrap_key: str
+    # Values of the chart's `secrets` entries, by entry name (internalToken, ...).
+    secrets: dict[str, str]
+    decl: Declaration = field(default_factory=declaration.load)
     db_prefix: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)  # for every service
     urls: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (owner, app)
 
     @classmethod
-    def ephemeral(cls, postgres: Postgres, nats_url: str, db_prefix: str = "") -> Stack:
+    def ephemeral(
+        cls,
+        postgres: Postgres,
+        nats_url: str,
+        db_prefix: str = "",
+        decl: Declaration | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> Stack:
         """A provisioned and migrated stack on free ports with fresh secrets (tests, benchmarks)."""
+        decl = decl or declaration.load()
         stack = cls(
             postgres=postgres,
             nats_url=nats_url,
-            ports=Ports.free(),
-            internal_token_secret=secrets.token_urlsafe(48),
-            bootstrap_key=secrets.token_urlsafe(48),
+            ports=free_ports(decl),
+            secrets=new_secrets(),
+            decl=decl,
             db_prefix=db_prefix,
+            extra_env=dict(extra_env or {}),
         )
         stack.provision()
         stack.migrate()
         return stack
 
     @property
+    def services(self) -> list[str]:
+        return self.decl.start_order()
+
+    @property
+    def internal_token_secret(self) -> str:
+        return self.secrets["internalToken"]
+
+    @property
+    def bootstrap_key(self) -> str:
+        return self.secrets["bootstrapAdminKey"]
+
+    @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.gateway_http}"
+        return f"http://127.0.0.1:{self.ports[GATEWAY]['http']}"
+
+    def grpc_address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]['grpc']}"
 
     def provision(self) -> None:
         """One database per service, owned by one role and used by another (for RLS)."""
-        for name in SERVICES:
-            env_url = os.environ.get(f"{name.upper()}_DATABASE_URL")
+        for name in self.services:
+            if not self.decl.services[name].database:
+                continue
+            env_url = os.environ.get(f"{self.decl.services[name].prefix}_DATABASE_URL")
             if env_url:  # real infrastructure: the operator's URLs, used as given
-                self.urls[name] = (
-                    os.environ.get(f"{name.upper()}_MIGRATION_DATABASE_URL", env_url),
-                    env_url,
-                )
+                migration = f"{self.decl.services[name].prefix}_MIGRATION_DATABASE_URL"
+                self.urls[name] = (os.environ.get(migration, env_url), env_url)
             else:
                 self.urls[name] = self.postgres.create_database(f"{self.db_prefix}{name}")
 
     def env(self, name: str) -> dict[str, str]:
-        prefix = name.upper()
-        owner, app = self.urls[name]
+        """The service's environment, as the chart would set it."""
+        svc = self.decl.services[name]
+        prefix = svc.prefix
         env = {
             **os.environ,
+            **self.extra_env,
             "NATS_URL": self.nats_url,
             "INTERNAL_TOKEN_SECRET": self.internal_token_secret,
-            f"{prefix}_DATABASE_URL": app,
-            f"{prefix}_MIGRATION_DATABASE_URL": owner,
-            f"{prefix}_APP_DB_ROLE": app.split("://", 1)[1].split(":", 1)[0],
             f"{prefix}_BIND_HOST": "127.0.0.1",
-            f"{prefix}_METRICS_PORT": str(self.ports.metrics[name]),
             f"{prefix}_SHUTDOWN_GRACE_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",
         }
-        if name == "gateway":
+        for port, number in self.ports[name].items():
+            env[f"{prefix}_{port.upper()}_PORT"] = str(number)
+        for callee in self.decl.callees(name):
+            env[f"{prefix}_{self.decl.services[callee].prefix}_ADDR"] = self.grpc_address(callee)
+        for variable, entry in svc.secret_env.items():
+            env[variable] = self.secrets[entry]
+        if name in self.urls:
+            owner, app = self.urls[name]
             env |= {
-                "GATEWAY_HTTP_PORT": str(self.ports.gateway_http),
-                "GATEWAY_GRPC_PORT": str(self.ports.gateway_grpc),
-                "GATEWAY_CONTACTS_ADDR": f"127.0.0.1:{self.ports.grpc['contacts']}",
-                "GATEWAY_BOOTSTRAP_ADMIN_KEY": self.bootstrap_key,
+                f"{prefix}_DATABASE_URL": app,
+                f"{prefix}_MIGRATION_DATABASE_URL": owner,
+                f"{prefix}_APP_DB_ROLE": app.split("://", 1)[1].split(":", 1)[0],
             }
-        else:
-            env[f"{prefix}_GRPC_PORT"] = str(self.ports.grpc[name])
         return env
 
     def command(self, name: str, verb: str) -> list[str]:
         return [sys.executable, "-m", f"trellis_{name}", verb]
 
     def migrate(self) -> None:
-        for name in SERVICES:
-            subprocess.run(self.command(name, "migrate"), env=self.env(name), check=True)  # noqa: S603
+        for name in self.services:
+            if name in self.urls:
+                subprocess.run(self.command(name, "migrate"), env=self.env(name), check=True)  # noqa: S603
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -139,3 +170,11 @@ class Stack:
             )
             key.raise_for_status()
         return tenant_id, key.json()["secret"]
+
+
+def new_secrets() -> dict[str, str]:
+    """Fresh values for every secret the chart declares a service may need."""
+    return {
+        "internalToken": secrets.token_urlsafe(48),
+        "bootstrapAdminKey": secrets.token_urlsafe(48),
+    }

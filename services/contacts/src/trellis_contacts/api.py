@@ -1,16 +1,14 @@
 """The gRPC face of the contacts service: requests -> domain -> store -> replies.
 
-Each handler checks the proto-declared limits first, maps the request to domain values, and
-turns domain errors into the chassis's ServiceErrors (INVALID_ARGUMENT with the fields named,
-NOT_FOUND, FAILED_PRECONDITION for a stale etag, ALREADY_EXISTS, ABORTED when concurrent writes
-collided). The chassis interceptor has already verified the caller and the RPC's scope.
+The chassis interceptor has already verified the caller and the RPC's scope, checked the
+proto-declared limits, and turns the domain's errors into statuses; each handler is its use
+case only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,9 +17,10 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import db, errors, paging
-from crmkit.context import Identity, current_identity
-from crmkit.limits import check_limits
+from crmkit import db, paging
+from crmkit.context import caller
+from crmkit.errors import invalid_field
+from crmkit.ids import canonical_uuid
 from trellis_contacts import domain, mapping, store
 from trellis_contacts.domain import CompanyFields, ContactFields
 
@@ -29,35 +28,6 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 _CONTACT_PATHS = domain.writable_paths(ContactFields)
 _COMPANY_PATHS = domain.writable_paths(CompanyFields)
-
-
-@contextmanager
-def _domain_errors() -> Iterator[None]:
-    try:
-        yield
-    except domain.Invalid as exc:
-        raise errors.invalid(exc.violations) from None
-    except domain.NotFound as exc:
-        raise errors.not_found(exc.kind, exc.record_id) from None
-    except domain.StaleEtag as exc:
-        raise errors.stale_etag(exc.kind) from None
-    except domain.Duplicate as exc:
-        raise errors.already_exists(exc.message, exc.field) from None
-
-
-def _within_limits(request: Message) -> None:
-    violations = check_limits(request)
-    if violations:
-        raise errors.invalid(violations)
-
-
-def _caller() -> Identity:
-    """The caller, with its tenant id in the one form the database and NATS subjects use."""
-    ident = current_identity()
-    tenant_id = domain.canonical_id(ident.tenant_id)
-    if tenant_id is None:
-        raise errors.unauthenticated("the identity token names no valid tenant")
-    return dataclasses.replace(ident, tenant_id=tenant_id)
 
 
 def _mask(update_mask: Sequence[str], record: Message, writable: frozenset[str]) -> list[str]:
@@ -73,16 +43,16 @@ def _time_filter(request: Message, field: str) -> datetime | None:
     try:
         return stamp.ToDatetime(UTC)
     except ValueError:  # seconds or nanos outside what a Timestamp may hold
-        raise errors.invalid_field(field, "not a valid time") from None
+        raise invalid_field(field, "not a valid time") from None
 
 
 def _after_id(token: str, filters: dict[str, object]) -> str | None:
     after = paging.decode_page_token(token, filters, arity=1)
     if after is None:
         return None
-    after_id = domain.canonical_id(str(after[0]))
+    after_id = canonical_uuid(str(after[0]))
     if after_id is None:
-        raise errors.invalid_field("page_token", "malformed page token")
+        raise invalid_field("page_token", "malformed page token")
     return after_id
 
 
@@ -95,52 +65,40 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     async def CreateContact(
         self, request: contacts_pb2.CreateContactRequest, context: Ctx
     ) -> contacts_pb2.Contact:
-        _within_limits(request)
-        with _domain_errors():
-            draft = mapping.contact_draft(request.contact)
-            fields = domain.normalize_contact(draft, _CONTACT_PATHS)
-            contact = await store.create_contact(self._pool, _caller(), fields)
-        return mapping.contact_to_proto(contact)
+        fields = domain.normalize_contact(mapping.contact_draft(request.contact), _CONTACT_PATHS)
+        return mapping.contact_to_proto(await store.create_contact(self._pool, caller(), fields))
 
     async def GetContact(
         self, request: contacts_pb2.GetContactRequest, context: Ctx
     ) -> contacts_pb2.Contact:
-        _within_limits(request)
-        with _domain_errors():
-            contact = await store.get_contact(self._pool, _caller().tenant_id, request.id)
+        contact = await store.get_contact(self._pool, caller().tenant_id, request.id)
         return mapping.contact_to_proto(contact)
 
     async def UpdateContact(
         self, request: contacts_pb2.UpdateContactRequest, context: Ctx
     ) -> contacts_pb2.Contact:
-        _within_limits(request)
-        with _domain_errors():
-            paths = _mask(request.update_mask, request.contact, _CONTACT_PATHS)
-            draft = mapping.contact_draft(request.contact)
-            draft = domain.normalize_contact(draft, domain.top_level(paths))
-            contact = await store.update_contact(
-                self._pool, _caller(), request.id, draft, paths, request.etag
-            )
+        paths = _mask(request.update_mask, request.contact, _CONTACT_PATHS)
+        draft = mapping.contact_draft(request.contact)
+        draft = domain.normalize_contact(draft, domain.top_level(paths))
+        contact = await store.update_contact(
+            self._pool, caller(), request.id, draft, paths, request.etag
+        )
         return mapping.contact_to_proto(contact)
 
     async def DeleteContact(
         self, request: contacts_pb2.DeleteContactRequest, context: Ctx
     ) -> empty_pb2.Empty:
-        _within_limits(request)
-        with _domain_errors():
-            await store.delete_contact(self._pool, _caller(), request.id, request.etag)
+        await store.delete_contact(self._pool, caller(), request.id, request.etag)
         return empty_pb2.Empty()
 
     async def ListContacts(
         self, request: contacts_pb2.ListContactsRequest, context: Ctx
     ) -> contacts_pb2.ListContactsResponse:
-        _within_limits(request)
         size = paging.page_size(request.page_size)
-        with _domain_errors():
-            stage = mapping.stage_from_proto(request.lifecycle_stage, "lifecycle_stage")
-            tag = domain.filter_text(request.tag, "tag")
+        stage = mapping.stage_from_proto(request.lifecycle_stage, "lifecycle_stage")
+        tag = domain.filter_text(request.tag, "tag")
         company_id = request.company_id.strip()
-        company = domain.canonical_id(company_id) if company_id else ""
+        company = canonical_uuid(company_id) if company_id else ""
         if company is None:  # ids are opaque: one that cannot exist matches nothing
             return contacts_pb2.ListContactsResponse()
         filters = store.ContactFilter(
@@ -151,7 +109,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         )
         fingerprint = dataclasses.asdict(filters)
         after = _after_id(request.page_token, fingerprint)
-        rows = await store.list_contacts(self._pool, _caller().tenant_id, filters, after, size + 1)
+        rows = await store.list_contacts(self._pool, caller().tenant_id, filters, after, size + 1)
         page, token = paging.next_page(rows, size, lambda c: [c.id], fingerprint)
         return contacts_pb2.ListContactsResponse(
             contacts=[mapping.contact_to_proto(c) for c in page], next_page_token=token
@@ -162,52 +120,41 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     async def CreateCompany(
         self, request: contacts_pb2.CreateCompanyRequest, context: Ctx
     ) -> contacts_pb2.Company:
-        _within_limits(request)
-        with _domain_errors():
-            draft = mapping.company_draft(request.company)
-            fields = domain.normalize_company(draft, _COMPANY_PATHS)
-            company = await store.create_company(self._pool, _caller(), fields)
-        return mapping.company_to_proto(company)
+        fields = domain.normalize_company(mapping.company_draft(request.company), _COMPANY_PATHS)
+        return mapping.company_to_proto(await store.create_company(self._pool, caller(), fields))
 
     async def GetCompany(
         self, request: contacts_pb2.GetCompanyRequest, context: Ctx
     ) -> contacts_pb2.Company:
-        _within_limits(request)
-        with _domain_errors():
-            company = await store.get_company(self._pool, _caller().tenant_id, request.id)
+        company = await store.get_company(self._pool, caller().tenant_id, request.id)
         return mapping.company_to_proto(company)
 
     async def UpdateCompany(
         self, request: contacts_pb2.UpdateCompanyRequest, context: Ctx
     ) -> contacts_pb2.Company:
-        _within_limits(request)
-        with _domain_errors():
-            paths = _mask(request.update_mask, request.company, _COMPANY_PATHS)
-            draft = mapping.company_draft(request.company)
-            draft = domain.normalize_company(draft, domain.top_level(paths))
-            company = await store.update_company(
-                self._pool, _caller(), request.id, draft, paths, request.etag
-            )
+        paths = _mask(request.update_mask, request.company, _COMPANY_PATHS)
+        draft = mapping.company_draft(request.company)
+        draft = domain.normalize_company(draft, domain.top_level(paths))
+        company = await store.update_company(
+            self._pool, caller(), request.id, draft, paths, request.etag
+        )
         return mapping.company_to_proto(company)
 
     async def DeleteCompany(
         self, request: contacts_pb2.DeleteCompanyRequest, context: Ctx
     ) -> empty_pb2.Empty:
-        _within_limits(request)
-        with _domain_errors():
-            await store.delete_company(self._pool, _caller(), request.id, request.etag)
+        await store.delete_company(self._pool, caller(), request.id, request.etag)
         return empty_pb2.Empty()
 
     async def ListCompanies(
         self, request: contacts_pb2.ListCompaniesRequest, context: Ctx
     ) -> contacts_pb2.ListCompaniesResponse:
-        _within_limits(request)
         size = paging.page_size(request.page_size)
         updated_after = _time_filter(request, "updated_after")
         fingerprint: dict[str, object] = {"updated_after": updated_after}
         after = _after_id(request.page_token, fingerprint)
         rows = await store.list_companies(
-            self._pool, _caller().tenant_id, updated_after, after, size + 1
+            self._pool, caller().tenant_id, updated_after, after, size + 1
         )
         page, token = paging.next_page(rows, size, lambda c: [c.id], fingerprint)
         return contacts_pb2.ListCompaniesResponse(
@@ -219,22 +166,17 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     async def CreateFieldDefinition(
         self, request: contacts_pb2.CreateFieldDefinitionRequest, context: Ctx
     ) -> contacts_pb2.FieldDefinition:
-        _within_limits(request)
-        with _domain_errors():
-            definition = mapping.field_definition_from_proto(request.field_definition)
-            stored = await store.create_field_definition(
-                self._pool, _caller().tenant_id, definition
-            )
+        definition = mapping.field_definition_from_proto(request.field_definition)
+        stored = await store.create_field_definition(self._pool, caller().tenant_id, definition)
         return mapping.field_definition_to_proto(stored)
 
     async def ListFieldDefinitions(
         self, request: contacts_pb2.ListFieldDefinitionsRequest, context: Ctx
     ) -> contacts_pb2.ListFieldDefinitionsResponse:
-        _within_limits(request)
         kind = mapping.object_type_from_proto(request.object_type)
         if kind is None and request.object_type:
-            raise errors.invalid_field("object_type", "must be CONTACT or COMPANY, or unset")
-        found = await store.list_field_definitions(self._pool, _caller().tenant_id, kind)
+            raise invalid_field("object_type", "must be CONTACT or COMPANY, or unset")
+        found = await store.list_field_definitions(self._pool, caller().tenant_id, kind)
         return contacts_pb2.ListFieldDefinitionsResponse(
             field_definitions=[mapping.field_definition_to_proto(d) for d in found]
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
@@ -18,40 +17,10 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from crmkit.errors import Invalid
+from crmkit.ids import canonical_uuid
+
 Violation = tuple[str, str]
-
-# --- errors: the api maps each to its gRPC status ---------------------------------------------
-
-
-class DomainError(Exception):
-    pass
-
-
-class Invalid(DomainError):
-    def __init__(self, violations: Sequence[Violation]) -> None:
-        super().__init__("; ".join(f"{f}: {m}" for f, m in violations))
-        self.violations = list(violations)
-
-
-class NotFound(DomainError):
-    def __init__(self, kind: str, record_id: str) -> None:
-        super().__init__(f"{kind} {record_id} not found")
-        self.kind = kind
-        self.record_id = record_id
-
-
-class StaleEtag(DomainError):
-    def __init__(self, kind: str) -> None:
-        super().__init__(f"stale etag of {kind}")
-        self.kind = kind
-
-
-class Duplicate(DomainError):
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
 
 # --- values -----------------------------------------------------------------------------------
 
@@ -144,17 +113,6 @@ class Record(Generic[F]):
 Contact = Record[ContactFields]
 Company = Record[CompanyFields]
 
-# --- ids --------------------------------------------------------------------------------------
-
-
-def canonical_id(value: str) -> str | None:
-    """The canonical form of a record id, or None when it cannot be one (so: not found)."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
-
-
 # --- field rules ------------------------------------------------------------------------------
 
 # Close to the WHATWG rule for <input type=email>, plus a dot in the domain: a CRM wants
@@ -236,7 +194,7 @@ def _company_ref(value: str, path: str, out: list[Violation]) -> str:
     value = value.strip()
     if not value:
         return ""
-    ref = canonical_id(value)
+    ref = canonical_uuid(value)
     if ref is None:
         out.append((path, "no such company"))
         return value

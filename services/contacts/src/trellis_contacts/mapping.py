@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.internal.containers import MessageMap
 
 from crm.contacts.v1 import contacts_pb2
+from crmkit.errors import Invalid
 from trellis_contacts.domain import (
     Company,
     CompanyFields,
@@ -17,7 +18,6 @@ from trellis_contacts.domain import (
     ContactFields,
     FieldDefinition,
     FieldType,
-    Invalid,
     LifecycleStage,
     ObjectType,
     new_field_definition,

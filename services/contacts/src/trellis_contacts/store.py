@@ -24,27 +24,21 @@ from crm.common.v1 import common_pb2
 from crm.contacts.v1 import events_pb2
 from crmkit import db, outbox
 from crmkit.context import Identity
-from crmkit.ids import new_id
+from crmkit.errors import Duplicate, Invalid, NotFound, StaleEtag
+from crmkit.ids import canonical_uuid, new_id
 from trellis_contacts import domain, mapping
 from trellis_contacts.domain import (
     Company,
     CompanyFields,
     Contact,
     ContactFields,
-    Duplicate,
     F,
     FieldDefinition,
     FieldType,
-    Invalid,
     LifecycleStage,
-    NotFound,
     ObjectType,
     Record,
-    StaleEtag,
 )
-
-DOMAIN = "contacts"
-
 
 _CONTACT_COLUMNS = sql.SQL(
     "id, first_name, last_name, emails, phones, company_id, owner_id, tags, lifecycle_stage,"
@@ -132,7 +126,7 @@ def _company_params(f: CompanyFields) -> dict[str, Any]:
 
 def _known_id(kind: str, value: str) -> str:
     # An id that cannot exist is simply not found: the same answer as another tenant's id.
-    found = domain.canonical_id(value)
+    found = canonical_uuid(value)
     if found is None:
         raise NotFound(kind, value)
     return found
@@ -188,16 +182,10 @@ def _metadata(ident: Identity, at: datetime) -> common_pb2.EventMetadata:
 
 
 async def _event(
-    conn: db.Conn, ident: Identity, entity: str, action: str, record_id: str, message: Message
+    conn: db.Conn, ident: Identity, record_id: str, version: int, message: Message
 ) -> None:
     await outbox.write_event(
-        conn,
-        tenant_id=ident.tenant_id,
-        domain=DOMAIN,
-        entity=entity,
-        action=action,
-        record_id=record_id,
-        message=message,
+        conn, message, tenant_id=ident.tenant_id, record_id=record_id, record_version=version
     )
 
 
@@ -291,7 +279,6 @@ async def _claim_emails(conn: db.Conn, tenant_id: str, contact: Contact) -> None
         )
 
 
-@db.retry_deadlocks
 async def create_contact(pool: db.Pool, ident: Identity, draft: ContactFields) -> Contact:
     """Store a new contact (draft already normalised) and its contact.created event."""
     tenant_id = ident.tenant_id
@@ -309,7 +296,7 @@ async def create_contact(pool: db.Pool, ident: Identity, draft: ContactFields) -
             metadata=_metadata(ident, contact.update_time),
             contact=mapping.contact_to_proto(contact),
         )
-        await _event(conn, ident, "contact", "created", contact.id, event)
+        await _event(conn, ident, contact.id, contact.version, event)
         return contact
 
 
@@ -319,7 +306,6 @@ async def get_contact(pool: db.Pool, tenant_id: str, record_id: str) -> Contact:
         return await _select_contact(conn, tenant_id, known)
 
 
-@db.retry_deadlocks
 async def update_contact(
     pool: db.Pool,
     ident: Identity,
@@ -360,7 +346,7 @@ async def update_contact(
             contact=mapping.contact_to_proto(contact),
             changed_fields=changed,
         )
-        await _event(conn, ident, "contact", "updated", contact.id, event)
+        await _event(conn, ident, contact.id, contact.version, event)
         return contact
 
 
@@ -380,7 +366,7 @@ async def delete_contact(pool: db.Pool, ident: Identity, record_id: str, etag: s
         event = events_pb2.ContactDeleted(
             metadata=_metadata(ident, row["at"]), id=known, version=current.version + 1
         )
-        await _event(conn, ident, "contact", "deleted", known, event)
+        await _event(conn, ident, known, event.version, event)
 
 
 async def list_contacts(
@@ -462,7 +448,7 @@ async def create_company(pool: db.Pool, ident: Identity, draft: CompanyFields) -
             metadata=_metadata(ident, company.update_time),
             company=mapping.company_to_proto(company),
         )
-        await _event(conn, ident, "company", "created", company.id, event)
+        await _event(conn, ident, company.id, company.version, event)
         return company
 
 
@@ -501,7 +487,7 @@ async def update_company(
             company=mapping.company_to_proto(company),
             changed_fields=changed,
         )
-        await _event(conn, ident, "company", "updated", company.id, event)
+        await _event(conn, ident, company.id, company.version, event)
         return company
 
 
@@ -522,7 +508,7 @@ async def delete_company(pool: db.Pool, ident: Identity, record_id: str, etag: s
                 contact=mapping.contact_to_proto(contact),
                 changed_fields=["company_id"],
             )
-            await _event(conn, ident, "contact", "updated", contact.id, event)
+            await _event(conn, ident, contact.id, contact.version, event)
         row = await _one(
             conn,
             "DELETE FROM companies WHERE tenant_id = %s AND id = %s RETURNING now() AS at",
@@ -532,7 +518,7 @@ async def delete_company(pool: db.Pool, ident: Identity, record_id: str, etag: s
         deleted = events_pb2.CompanyDeleted(
             metadata=_metadata(ident, row["at"]), id=known, version=current.version + 1
         )
-        await _event(conn, ident, "company", "deleted", known, deleted)
+        await _event(conn, ident, known, deleted.version, deleted)
 
 
 async def list_companies(

@@ -204,3 +204,20 @@ async def test_a_stale_etag_fails_the_precondition(service: Running, tenant: Ten
         contacts_pb2.DeleteContactRequest(id=created.id, etag=current.etag), metadata=tenant.md()
     )
     assert await service.count("contacts", tenant.id) == 0
+
+
+async def test_an_event_shows_cleared_fields_as_cleared(service: Running, tenant: Tenant) -> None:
+    created = await create_contact(
+        service, tenant, first_name="Ada", last_name="Lovelace", tags=["vip", "uk"]
+    )
+    await service.stub.UpdateContact(
+        contacts_pb2.UpdateContactRequest(
+            id=created.id, contact=contacts_pb2.Contact(), update_mask=["last_name", "tags"]
+        ),
+        metadata=tenant.md(),
+    )
+    updated = events(await service.outbox_data(tenant.id))[-1]
+    assert updated["changed_fields"] == ["last_name", "tags"]
+    # A partner merging the record must see the clear, not a missing key.
+    assert (updated["contact"]["last_name"], updated["contact"]["tags"]) == ("", [])
+    assert updated["contact"]["first_name"] == "Ada"

@@ -6,13 +6,13 @@ import math
 
 import pytest
 
+from crmkit.errors import Invalid
 from trellis_contacts import domain
 from trellis_contacts.domain import (
     CompanyFields,
     ContactFields,
     FieldDefinition,
     FieldType,
-    Invalid,
     ObjectType,
 )
 
@@ -293,11 +293,3 @@ def test_changed_fields_name_custom_fields_one_by_one() -> None:
         "custom_fields.z",
     ]
     assert domain.changed_fields(old, old) == []
-
-
-def test_ids() -> None:
-    assert domain.canonical_id("not-an-id") is None
-    assert domain.canonical_id("") is None
-    assert domain.canonical_id("0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B") == (
-        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
-    )

@@ -8,13 +8,13 @@ import pytest
 from google.protobuf import struct_pb2
 
 from crm.contacts.v1 import contacts_pb2
+from crmkit.errors import Invalid
 from trellis_contacts import mapping
 from trellis_contacts.domain import (
     CompanyFields,
     ContactFields,
     FieldDefinition,
     FieldType,
-    Invalid,
     LifecycleStage,
     ObjectType,
     Record,

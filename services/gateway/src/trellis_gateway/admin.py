@@ -14,7 +14,7 @@ from crm.gateway.v1 import gateway_pb2
 from crmkit import paging
 from crmkit.context import Identity
 from crmkit.db import Pool
-from crmkit.errors import invalid_field, not_found
+from crmkit.errors import NotFound, invalid_field
 from crmkit.ids import is_uuid
 from trellis_gateway import apikeys
 from trellis_gateway.dispatch import LocalHandler
@@ -81,14 +81,14 @@ class Admin:
 
     async def get_tenant(self, req: gateway_pb2.GetTenantRequest, _: Identity) -> Message:
         if not is_uuid(req.id):
-            raise not_found("tenant", req.id)
+            raise NotFound("tenant", req.id)
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT id::text, name, create_time FROM tenants WHERE id = %s", (req.id,)
             )
             row = await cur.fetchone()
         if row is None:
-            raise not_found("tenant", req.id)
+            raise NotFound("tenant", req.id)
         return _tenant(row)
 
     async def create_api_key(self, req: gateway_pb2.CreateApiKeyRequest, who: Identity) -> Message:
@@ -151,6 +151,6 @@ class Admin:
             )
             found = await cur.fetchone()
         if found is None:
-            raise not_found("api key", req.id)
+            raise NotFound("api key", req.id)
         self._verifier.forget(req.id)
         return empty_pb2.Empty()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-from crm.contacts.v1 import contacts_pb2
 from crm.gateway.v1 import gateway_pb2
+from crmkit import auth, contract
 from crmkit.migrations import migrations_dir
 from crmkit.periodic import Periodic
 from crmkit.service import Runtime, ServiceDefinition, Worker
@@ -21,24 +21,17 @@ from trellis_gateway.idempotency import IdempotencyStore
 from trellis_gateway.ratelimit import RateLimiter, TokenBuckets
 from trellis_gateway.routes import build_routes
 
-PUBLISHED = [
-    gateway_pb2.DESCRIPTOR.services_by_name["TenantsService"],
-    gateway_pb2.DESCRIPTOR.services_by_name["ApiKeysService"],
-    contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"],
-]
-
-
-def grantable_scopes() -> frozenset[str]:
-    from crmkit.common_options import required_scope_of
-
-    scopes = {required_scope_of(f"/{s.full_name}/{m.name}") for s in PUBLISHED for m in s.methods}
-    return frozenset(s for s in scopes | {"admin"} if s and not s.startswith("platform:"))
+OWN_SERVICES = list(gateway_pb2.DESCRIPTOR.services_by_name.values())
 
 
 async def wire(runtime: Runtime) -> list[Worker]:
+    """Publish the gateway's own services and those of every backend it has an address for
+    (GATEWAY_<SERVICE>_ADDR, one per service that declares the gateway among its callers)."""
     settings = runtime.settings
     assert isinstance(settings, GatewaySettings)
-    secret = settings.internal_token_secret.get_secret_value()
+    backends = {name: contract.services_of_domain(name) for name in settings.callees()}
+    published = OWN_SERVICES + [s for services in backends.values() for s in services]
+    runtime.grpc_services.extend(s.full_name for s in published)
     bootstrap = settings.bootstrap_admin_key
     verifier = KeyVerifier(
         runtime.pool,
@@ -49,15 +42,15 @@ async def wire(runtime: Runtime) -> list[Worker]:
         TokenBuckets(settings.rate_limit_key_per_second, settings.rate_limit_key_burst),
         TokenBuckets(settings.rate_limit_tenant_per_second, settings.rate_limit_tenant_burst),
     )
-    routes = build_routes(PUBLISHED)
+    routes = build_routes(published)
     dispatcher = Dispatcher()
-    dispatcher.add_local(Admin(runtime.pool, verifier, grantable_scopes()).handlers())
-    dispatcher.add_backend(
-        contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"],
-        settings.contacts_addr,
-        secret,
-        settings.backend_timeout_seconds,
-    )
+    grantable = contract.grantable_scopes(published)
+    dispatcher.add_local(Admin(runtime.pool, verifier, grantable).handlers())
+    tokens = auth.TokenCache(settings.internal_token_secret.get_secret_value())
+    for name, services in backends.items():
+        address = settings.callees()[name]
+        dispatcher.add_backend(name, services, address, tokens, settings.backend_timeout_seconds)
+    dispatcher.check(f"/{s.full_name}/{m.name}" for s in published for m in s.methods)
     runtime.on_stop.append(dispatcher.close)
     runtime.authenticate = api_key_authenticator(verifier, limiter)
     runtime.server.add_generic_rpc_handlers([ProxyHandler(routes, dispatcher)])
@@ -101,7 +94,8 @@ async def wire(runtime: Runtime) -> list[Worker]:
 DEFINITION = ServiceDefinition(
     name="gateway",
     migrations_dir=migrations_dir(__file__),  # packaged in the wheel, else the source tree
-    grpc_services=[s.full_name for s in PUBLISHED],
+    grpc_services=[],  # what the configured backends publish: added by `wire`
     wire=wire,
     uses_bus=False,
+    records_idempotency_keys=False,
 )

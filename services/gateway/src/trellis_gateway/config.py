@@ -13,7 +13,6 @@ class GatewaySettings(ServiceSettings):
 
     http_port: int = Field(default=8080, ge=1, le=65535)
     grpc_port: int = Field(default=50050, ge=1, le=65535)
-    contacts_addr: str = Field(default="contacts:50051", description="host:port of contacts")
     backend_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     bootstrap_admin_key: SecretStr | None = Field(
         default=None,

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from crmkit import auth
+from crmkit import auth, contract, idempotency
 from crmkit.context import Identity
-from crmkit.errors import ServiceError, violations_of
+from crmkit.errors import ServiceError, from_rpc_error
 
 LocalHandler = Callable[[Message, Identity], Awaitable[Message]]
 
@@ -31,12 +32,11 @@ _TRANSPORT_FAILURES = {
     grpc.StatusCode.UNKNOWN: "internal error",
 }
 
-# Reads are retried on a transient failure; writes never are (the caller retries those, with
-# an Idempotency-Key).
-_RETRYABLE_PREFIXES = ("Get", "List")
 
-
-def _service_config(service: str, methods: list[str]) -> str:
+def _service_config(services: Iterable[ServiceDescriptor]) -> str:
+    """The channel's retry policy: a transient failure is retried only where the contract
+    says a repeat cannot do anything twice (idempotency_level); the caller retries the rest,
+    with an Idempotency-Key."""
     retry = {
         "maxAttempts": 3,
         "initialBackoff": "0.05s",
@@ -45,13 +45,17 @@ def _service_config(service: str, methods: list[str]) -> str:
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
     names = [
-        {"service": service, "method": m} for m in methods if m.startswith(_RETRYABLE_PREFIXES)
+        {"service": s.full_name, "method": m.name}
+        for s in services
+        for m in s.methods
+        if contract.retry_safe(m)
     ]
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": retry}]})
 
 
 @dataclass(frozen=True)
 class Backend:
+    name: str
     channel: grpc.aio.Channel
     tokens: auth.TokenCache
     timeout: float
@@ -61,30 +65,38 @@ class Dispatcher:
     def __init__(self) -> None:
         self._local: dict[str, LocalHandler] = {}
         self._remote: dict[str, Backend] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self.backends: list[Backend] = []
 
     def add_local(self, handlers: Mapping[str, LocalHandler]) -> None:
         self._local.update(handlers)
 
     def add_backend(
-        self, service_descriptor: object, address: str, secret: str, timeout: float
+        self,
+        name: str,
+        services: list[ServiceDescriptor],
+        address: str,
+        tokens: auth.TokenCache,
+        timeout: float,
     ) -> None:
-        from google.protobuf.descriptor import ServiceDescriptor
-
-        assert isinstance(service_descriptor, ServiceDescriptor)
-        methods = [m.name for m in service_descriptor.methods]
         channel = grpc.aio.insecure_channel(
             address,
             options=[
-                ("grpc.service_config", _service_config(service_descriptor.full_name, methods)),
+                ("grpc.service_config", _service_config(services)),
                 ("grpc.enable_retries", 1),
             ],
             interceptors=aio_client_interceptors(),
         )
-        self._channels.append(channel)
-        backend = Backend(channel, auth.TokenCache(secret), timeout)
-        for name in methods:
-            self._remote[f"/{service_descriptor.full_name}/{name}"] = backend
+        backend = Backend(name, channel, tokens, timeout)
+        self.backends.append(backend)
+        for service in services:
+            for method in service.methods:
+                self._remote[f"/{service.full_name}/{method.name}"] = backend
+
+    def check(self, full_methods: Iterable[str]) -> None:
+        """Refuse to start when a published RPC has nobody to answer it (fail closed)."""
+        missing = sorted(m for m in full_methods if m not in self._local and m not in self._remote)
+        if missing:
+            raise contract.ContractError(f"published RPCs without a handler: {', '.join(missing)}")
 
     async def call(
         self,
@@ -93,6 +105,7 @@ class Dispatcher:
         response_class: type[Message],
         identity: Identity,
         request_id: str,
+        idempotency_key: str = "",
     ) -> Message:
         local = self._local.get(full_method)
         if local is not None:
@@ -103,10 +116,14 @@ class Dispatcher:
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_class.FromString,
         )
-        metadata = (
+        metadata = [
             (auth.METADATA_KEY, backend.tokens.token(identity)),
             ("x-request-id", request_id),
-        )
+        ]
+        if idempotency_key:
+            # The owning service records it with the write: a retry after a lost answer
+            # returns the first result instead of writing twice.
+            metadata.append((idempotency.METADATA_KEY, idempotency_key))
         try:
             response: Message = await stub(request, metadata=metadata, timeout=backend.timeout)
         except grpc.aio.AioRpcError as err:
@@ -115,9 +132,9 @@ class Dispatcher:
                 # The channel's own text names internal addresses; callers get a plain one.
                 log.warning("backend call failed", extra={"method": full_method, "code": code.name})
                 raise ServiceError(code, _TRANSPORT_FAILURES[code]) from None
-            raise ServiceError(code, err.details() or "", violations_of(err)) from None
+            raise from_rpc_error(err) from None
         return response
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        for backend in self.backends:
+            await backend.channel.close()

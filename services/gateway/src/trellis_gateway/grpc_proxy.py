@@ -12,10 +12,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from crmkit import context
-from crmkit.errors import ServiceError, invalid, unauthenticated
+from crmkit import context, idempotency
+from crmkit.errors import ServiceError, unauthenticated
 from crmkit.grpc_server import Authenticate
-from crmkit.limits import check_limits
 from trellis_gateway.apikeys import KeyVerifier
 from trellis_gateway.dispatch import Dispatcher
 from trellis_gateway.ratelimit import RateLimiter
@@ -48,16 +47,18 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
 
 def _forwarder(route: Route, dispatcher: Dispatcher) -> grpc.RpcMethodHandler[Any, Any]:
-    async def forward(request: Message, _ctx: grpc.aio.ServicerContext[Any, Any]) -> Message:
-        violations = check_limits(request)
-        if violations:
-            raise invalid(violations)
+    # The chassis interceptor has checked the caller, the scope and the limits.
+    async def forward(request: Message, ctx: grpc.aio.ServicerContext[Any, Any]) -> Message:
+        key = next(
+            (v for k, v in ctx.invocation_metadata() or () if k == idempotency.METADATA_KEY), ""
+        )
         return await dispatcher.call(
             route.full_method,
             request,
             route.response_class,
-            context.current_identity(),
+            context.caller(),
             context.request_id.get() or "",
+            idempotency_key=str(key),
         )
 
     return grpc.unary_unary_rpc_method_handler(

@@ -81,8 +81,7 @@ class RequestContext:
                 scope["path"] if scope["path"] in _FIXED_ROUTES else "unmatched"
             )
             elapsed = time.perf_counter() - started
-            metrics.HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
-            metrics.HTTP_DURATION.labels(scope["method"], route).observe(elapsed)
+            metrics.http_server().labels(scope["method"], route, str(status)).observe(elapsed)
             log.info(
                 "request",
                 extra={
@@ -147,7 +146,7 @@ class Gateway:
         decision, which = self.limiter.check(identity.principal, identity.tenant_id)
         limit_headers = _rate_headers(decision)
         if not decision.allowed:
-            metrics.RATE_LIMITED.labels(which).inc()
+            metrics.rate_limited().labels(which).inc()
             return problem(
                 429,
                 f"the {which} rate limit is exhausted",
