@@ -546,12 +546,15 @@ def _operation(route: Route, op_id: str, schemas: Schemas) -> dict[str, Any]:
 
     req = route.method.input_type
     if route.body:
-        if route.body == "*":
-            body_schema = schemas.message(req, Form.INPUT)
+        # A PATCH changes exactly the keys sent, so none of them is required.
+        form = Form.PATCH if route.http_method == "PATCH" else Form.INPUT
+        body = None if route.body == "*" else req.fields_by_name[route.body]
+        if body is None:
+            body_schema = schemas.message(req, form)
+        elif body.message_type is not None and not body.is_repeated:
+            body_schema = schemas.message(body.message_type, form)
         else:
-            # A PATCH changes exactly the keys sent, so none of them is required.
-            form = Form.PATCH if route.http_method == "PATCH" else Form.INPUT
-            body_schema = schemas.field(req.fields_by_name[route.body], form, described=False)
+            body_schema = schemas.field(body, Form.INPUT, described=False)
         op["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": body_schema}},
