@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 import schemathesis
 
@@ -54,6 +55,7 @@ _UNDECLARED_RULES = [
     (r"contact\.phones\[\d+\]", "not an E.164 phone number|the same number as"),
     (r"contact\.tags\[\d+\]", "must not be empty"),
     (r"contact", "a contact needs a first name, a last name or an email address"),
+    (r"company\.name", "must not be empty"),  # named in update_mask, left out of the body
     (r"company\.domain", "not a valid domain name"),
     (r"field_definition\.name", "must be 1-64 lower-case letters"),
     (
@@ -66,20 +68,32 @@ _UNDECLARED_RULES = [
 ]
 
 
+def _documented_body(case: Any) -> bool:
+    """Whether the request's body is one the document allows (or it has none): the stateful
+    phase also sends bodies it mutated, which are not the server's fault to refuse."""
+    content = case.operation.definition.raw.get("requestBody", {}).get("content", {})
+    schema = content.get("application/json", {}).get("schema")
+    if schema is None or not isinstance(case.body, dict | list | str | int | float | bool):
+        return True
+    components = case.operation.schema.raw_schema["components"]
+    validator = jsonschema.Draft202012Validator({**schema, "components": components})
+    return bool(validator.is_valid(case.body))
+
+
 @schemathesis.check
 def schema_valid_request_accepted(ctx: Any, response: Any, case: Any) -> None:
     """positive_data_acceptance, minus the refusals _UNDECLARED_RULES explain."""
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return
     status = response.status_code
-    if status < 400 or status >= 500 or status in _NOT_A_REFUSAL:
+    if status < 400 or status >= 500 or status in _NOT_A_REFUSAL or not _documented_body(case):
         return
     errors = response.json().get("errors", []) if status == 400 else []
     unexplained = [
         e
         for e in errors
         if not any(
-            re.fullmatch(path, e["field"]) and re.match(message, e["message"])
+            re.fullmatch(path, e["field"], re.DOTALL) and re.match(message, e["message"])
             for path, message in _UNDECLARED_RULES
         )
     ]
@@ -112,6 +126,11 @@ continue-on-failure = true
 # are one. The first page's (empty) token is the one a client can know.
 [parameters]
 "query.page_token" = ""
+
+# Stateful sequences follow the links the document declares: schemathesis' dependency
+# inference put a created record under a body key no schema has ("company" in a Company).
+[phases.stateful.inference]
+algorithms = ["location-headers"]
 
 # The run may revoke a key, but never the one it authenticates with.
 [[operations]]

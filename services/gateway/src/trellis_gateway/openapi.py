@@ -581,6 +581,25 @@ def _operation(route: Route, op_id: str, schemas: Schemas) -> dict[str, Any]:
     return op
 
 
+def _link_creations(paths: dict[str, dict[str, Any]]) -> None:
+    """OpenAPI links from each create (POST /x, 201) to the operations on what it made
+    (/x/{id}): the new id, and the ETag as If-Match where the operation takes one."""
+    for path, item in paths.items():
+        created = item.get("post", {}).get("responses", {}).get("201")
+        if created is None:
+            continue
+        links = {}
+        for op in paths.get(f"{path}/{{id}}", {}).values():
+            params = {"id": "$response.body#/id"}
+            if "ETag" in created["headers"] and any(
+                p.get("name") == "If-Match" for p in op["parameters"]
+            ):
+                params["header.If-Match"] = "$response.header.ETag"
+            links[op["operationId"]] = {"operationId": op["operationId"], "parameters": params}
+        if links:
+            created["links"] = links
+
+
 _API_KEY_SCOPES = gateway_pb2.ApiKey.DESCRIPTOR.fields_by_name["scopes"].full_name
 LICENSE = {"name": "Apache 2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}
 CONTACT = {"name": "Trellis CRM", "url": "https://trellis.dev"}
@@ -628,6 +647,7 @@ def build_openapi(
             if service.full_name in comments:
                 tags[service.name]["description"] = comments[service.full_name]
 
+    _link_creations(paths)
     problem = schemas.message(common_pb2.Problem.DESCRIPTOR)
     # The gateway leaves `errors` out when no field is to blame.
     schemas.components[common_pb2.Problem.DESCRIPTOR.full_name]["required"].remove("errors")

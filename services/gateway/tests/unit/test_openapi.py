@@ -500,3 +500,18 @@ def test_load_comments() -> None:
     assert comments["crm.contacts.v1.FieldType.FIELD_TYPE_BOOL"] == "true or false."
     assert comments["crm.common.v1.Problem"].startswith("An RFC 9457 problem document, as")
     assert "crm.contacts.v1.LifecycleStage.LIFECYCLE_STAGE_LEAD" not in comments  # uncommented
+
+
+def test_a_create_links_to_what_it_made(doc: dict[str, Any]) -> None:
+    links = doc["paths"]["/v1/contacts"]["post"]["responses"]["201"]["links"]
+    assert links["GetContact"] == {
+        "operationId": "GetContact",
+        "parameters": {"id": "$response.body#/id"},
+    }
+    assert links["UpdateContact"]["parameters"] == {
+        "id": "$response.body#/id",
+        "header.If-Match": "$response.header.ETag",
+    }
+    assert set(links) == {"GetContact", "UpdateContact", "DeleteContact"}
+    listed = doc["paths"]["/v1/contacts"]["get"]["responses"]["200"]
+    assert "links" not in listed
