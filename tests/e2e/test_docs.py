@@ -52,6 +52,7 @@ async def test_docs_page_serves_every_asset_and_names_no_external_host(
     links = _Links()
     links.feed(page.text)
     assert links.inline_scripts == 0  # the CSP would block them
+    assert "<code>GET /v1/contacts</code>" in page.text  # listed for clients that run no script
     assert {"/v1/openapi.json", "/v1/asyncapi.json"} <= set(links.urls)
     assets = [u for u in links.urls if u.startswith("/docs/")]
     assert {"/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/docs/start.js"} <= set(assets)

@@ -8,7 +8,9 @@ takes an API key (the bearerAuth scheme) for "Try it out".
 from __future__ import annotations
 
 import importlib
+from html import escape
 from pathlib import Path
+from typing import Any
 
 # The package ships no type information; all it holds is where its files are.
 _BUNDLE_DIR = Path(importlib.import_module("swagger_ui_bundle").swagger_ui_path)
@@ -44,11 +46,20 @@ CSP = (
     "frame-ancestors 'none'"
 )
 
-PAGE = f"""<!doctype html>
+
+def page(openapi: dict[str, Any]) -> str:
+    """The explorer, with the operations listed for a browser or client that runs no script."""
+    operations = "".join(
+        f"<li><code>{escape(method.upper())} {escape(path)}</code> {escape(op.get('summary', ''))}</li>"
+        for path, item in openapi.get("paths", {}).items()
+        for method, op in item.items()
+    )
+    title = escape(openapi.get("info", {}).get("title", "API"))
+    return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>Trellis CRM API</title>
+<title>{title}</title>
 <link rel="stylesheet" href="{PREFIX}swagger-ui.css">
 <link rel="icon" type="image/png" href="{PREFIX}favicon-32x32.png" sizes="32x32">
 <link rel="icon" type="image/png" href="{PREFIX}favicon-16x16.png" sizes="16x16">
@@ -58,7 +69,7 @@ PAGE = f"""<!doctype html>
 REST API: <a href="{OPENAPI_URL}">OpenAPI document</a> &middot;
 Events: <a href="{ASYNCAPI_URL}">AsyncAPI document</a>
 </p></div></nav>
-<div id="swagger-ui"></div>
+<div id="swagger-ui"><noscript><ul>{operations}</ul></noscript></div>
 <script src="{PREFIX}swagger-ui-bundle.js"></script>
 <script src="{PREFIX}{_SCRIPT}"></script>
 </body>

@@ -247,7 +247,7 @@ class Gateway:
         return JSONResponse(self.asyncapi)
 
     async def docs_page(self, _: Request) -> Response:
-        return HTMLResponse(docs.PAGE, headers={"Content-Security-Policy": docs.CSP})
+        return HTMLResponse(docs.page(self.openapi), headers={"Content-Security-Policy": docs.CSP})
 
     async def docs_asset(self, request: Request) -> Response:
         request.state.route = docs.PREFIX + "{asset}"
