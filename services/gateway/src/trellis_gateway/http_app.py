@@ -12,14 +12,15 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, request_response
 from starlette.routing import Route as HttpRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
@@ -28,7 +29,7 @@ from crmkit import context, metrics
 from crmkit.context import Identity
 from crmkit.errors import ServiceError
 from crmkit.limits import check_limits
-from trellis_gateway import docs, idempotency
+from trellis_gateway import asyncapi, docs, idempotency
 from trellis_gateway.apikeys import KeyVerifier
 from trellis_gateway.dispatch import Dispatcher
 from trellis_gateway.problems import from_service_error, problem
@@ -45,7 +46,7 @@ from trellis_gateway.routes import (
 log = logging.getLogger("trellis_gateway.access")
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_FIXED_ROUTES = frozenset({"/healthz", "/readyz", "/v1/openapi.json", "/docs"})
+_FIXED_ROUTES = frozenset({"/healthz", "/readyz", "/v1/openapi.json", docs.ASYNCAPI_URL, "/docs"})
 _MUTATING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
@@ -103,6 +104,7 @@ class Gateway:
     openapi: dict[str, Any]
     max_body_bytes: int
     ready: Callable[[], Awaitable[bool]]
+    asyncapi: dict[str, Any] = field(default_factory=asyncapi.build_asyncapi)
 
     async def read_body(self, request: Request, rid: str) -> bytes | Response:
         length = request.headers.get("content-length")
@@ -241,8 +243,21 @@ class Gateway:
     async def openapi_json(self, _: Request) -> Response:
         return JSONResponse(self.openapi)
 
+    async def asyncapi_json(self, _: Request) -> Response:
+        return JSONResponse(self.asyncapi)
+
     async def docs_page(self, _: Request) -> Response:
-        return HTMLResponse(docs.render(self.openapi))
+        return HTMLResponse(docs.page(self.openapi), headers={"Content-Security-Policy": docs.CSP})
+
+    async def docs_asset(self, request: Request) -> Response:
+        request.state.route = docs.PREFIX + "{asset}"
+        found = docs.asset(request.path_params["asset"])
+        if found is None:
+            return problem(404, f"no resource at {request.url.path}", request.state.request_id)
+        content, media_type = found
+        if isinstance(content, str):
+            return Response(content, media_type=media_type)
+        return FileResponse(content, media_type=media_type)
 
     async def healthz(self, _: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -253,15 +268,18 @@ class Gateway:
         return JSONResponse({"status": "not ready"}, status_code=503)
 
     def app(self) -> Starlette:
-        methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
         app = Starlette(
             exception_handlers={HTTPException: _http_problem, Exception: _internal_problem},
             routes=[
                 HttpRoute("/healthz", self.healthz, methods=["GET"]),
                 HttpRoute("/readyz", self.readyz, methods=["GET"]),
                 HttpRoute("/v1/openapi.json", self.openapi_json, methods=["GET"]),
+                HttpRoute(docs.ASYNCAPI_URL, self.asyncapi_json, methods=["GET"]),
                 HttpRoute("/docs", self.docs_page, methods=["GET"]),
-                HttpRoute("/v1/{rest:path}", self.api, methods=methods),
+                HttpRoute(docs.PREFIX + "{asset}", self.docs_asset, methods=["GET"]),
+                # A Mount passes every method on: the route table, not Starlette, answers
+                # 405 and its Allow header.
+                Mount("/v1", request_response(self.api)),
             ],
         )
         return app

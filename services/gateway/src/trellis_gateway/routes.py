@@ -360,7 +360,11 @@ def _query_value(name: str, field: FieldDescriptor, values: list[str]) -> Any:
             if raw not in ("true", "false"):
                 raise RequestError(name, 'expected "true" or "false"')
             return raw == "true"
-        return raw  # json_format converts numbers, enums, Timestamps... from strings
+        if field.enum_type is not None and raw not in field.enum_type.values_by_name:
+            # json_format would also take a number ("0"); the API publishes enums by name only.
+            names = ", ".join(field.enum_type.values_by_name)
+            raise RequestError(name, f"expected one of {names}")
+        return raw  # json_format converts numbers, Timestamps... from strings
 
     if field.is_repeated:
         return [one(v) for v in values]

@@ -302,6 +302,9 @@ def test_query_bools_and_repeated(table: RouteTable) -> None:
     assert list(req.update_mask) == ["a", "b"]  # type: ignore[attr-defined]
 
 
+_STAGES = "expected one of " + ", ".join(contacts_pb2.LifecycleStage.keys())
+
+
 @pytest.mark.parametrize(
     ("query", "field", "message"),
     [
@@ -311,11 +314,8 @@ def test_query_bools_and_repeated(table: RouteTable) -> None:
         ({"page_size": ["1", "2"]}, "page_size", "expected a single value"),
         ({"bogus": ["1"]}, "bogus", "unknown query parameter"),
         ({"page_size.x": ["1"]}, "page_size.x", "unknown query parameter"),
-        (
-            {"lifecycle_stage": ["LEAD"]},
-            "lifecycle_stage",
-            "Invalid enum value LEAD for enum type crm.contacts.v1.LifecycleStage",
-        ),
+        ({"lifecycle_stage": ["LEAD"]}, "lifecycle_stage", _STAGES),
+        ({"lifecycle_stage": ["2"]}, "lifecycle_stage", _STAGES),  # numbers are not names
         (
             {"updated_after": ["2024-05-01"]},
             "updated_after",
