@@ -8,7 +8,6 @@ import copy
 import hashlib
 import io
 import json
-import subprocess
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,30 +27,18 @@ from trellis_gateway.asyncapi import build_asyncapi, generated_messages
 _ROOT = Path(__file__).resolve().parents[4]
 
 # The official AsyncAPI 3.0 JSON Schema (asyncapi/spec-json-schemas). No PyPI package installs
-# it; this one's source distribution carries a copy, fetched once with the bootstrap pip that
-# `make setup` leaves in .tools and checked against its hash (third-party files stay out of the
-# repository).
-_SDIST = "asyncapi-python-parser-jonaslagoni==0.5.0"
+# it; the source distribution of asyncapi-python-parser-jonaslagoni 0.5.0 carries a copy, which
+# `make test` downloads into build/third_party (third-party files stay out of the repository);
+# its hash is checked here.
+_ARCHIVE = _ROOT / "build" / "third_party" / "asyncapi_python_parser_jonaslagoni-0.5.0.tar.gz"
 _MEMBER = "asyncapi_python_parser_jonaslagoni-0.5.0/generator/definitions/3.0.0-without-$id.json"
 _SHA256 = "76d091c9001bd90ae0f92add0f9e31d9517e63bd5ea6e49faa366bcd79d159d4"
 
 
 @pytest.fixture(scope="module")
 def official_schema() -> dict[str, Any]:
-    cache = _ROOT / "build" / "third_party"
-    archives = sorted(cache.glob("asyncapi_python_parser_jonaslagoni-0.5.0.tar.gz"))
-    if not archives:
-        subprocess.run(
-            [
-                str(_ROOT / ".tools" / "bin" / "pip"),
-                *("download", "--quiet", "--no-deps", "--no-binary", ":all:"),
-                *("--dest", str(cache), _SDIST),
-            ],
-            check=True,
-            timeout=300,
-        )
-        archives = sorted(cache.glob("asyncapi_python_parser_jonaslagoni-0.5.0.tar.gz"))
-    with tarfile.open(archives[0]) as sdist:
+    assert _ARCHIVE.is_file(), "`make test` downloads the AsyncAPI schema: run `make third-party`"
+    with tarfile.open(_ARCHIVE) as sdist:
         member = sdist.extractfile(_MEMBER)
         assert member is not None
         raw = member.read()

@@ -237,6 +237,7 @@ def test_path_and_query_parameters(doc: dict[str, Any]) -> None:
         "company_id",
         "updated_after",
         "lifecycle_stage",
+        "email",
     ]
     assert all(p["in"] == "query" and p["required"] is False for p in listing.values())
     # min_value / max_value

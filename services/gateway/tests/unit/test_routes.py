@@ -286,6 +286,7 @@ def test_query_values_convert_by_field_type(table: RouteTable) -> None:
         "company_id": "",
         "updated_after": "2024-05-01T12:00:00Z",
         "lifecycle_stage": "LIFECYCLE_STAGE_LEAD",
+        "email": "",
     }
 
 
@@ -352,6 +353,7 @@ def test_query_fields(table: RouteTable) -> None:
         "company_id",
         "updated_after",
         "lifecycle_stage",
+        "email",
     ]
     patch = _match(table, "PATCH", "/v1/contacts/c1")[0]
     assert [f.name for f in query_fields(patch)] == ["update_mask", "etag"]
