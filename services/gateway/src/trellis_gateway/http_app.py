@@ -39,7 +39,7 @@ from crmkit.limits import check_limits
 from trellis_gateway import docs, idempotency
 from trellis_gateway.apikeys import KeyVerifier
 from trellis_gateway.dispatch import Dispatcher
-from trellis_gateway.problems import from_service_error, problem
+from trellis_gateway.problems import RETRY_AFTER_SECONDS, from_service_error, problem
 from trellis_gateway.ratelimit import Decision, RateLimiter
 from trellis_gateway.routes import (
     RequestError,
@@ -372,7 +372,11 @@ class Gateway:
         backends = dict(self.backends())
         if await self.ready():
             return JSONResponse({"status": "ready", "backends": backends})
-        return JSONResponse({"status": "not ready", "backends": backends}, status_code=503)
+        return JSONResponse(
+            {"status": "not ready", "backends": backends},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
     def app(self) -> Starlette:
         methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]

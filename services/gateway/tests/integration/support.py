@@ -117,10 +117,11 @@ def harness(
     app_url: str,
     clock: ManualClock,
     tracer_provider: Any = None,
+    ready: Callable[[], Awaitable[bool]] = always_ready,
     **overrides: Any,
 ) -> Harness:
     settings = settings_for(app_url, **overrides)
-    parts = assemble(settings, pool, always_ready, clock.clocks())
+    parts = assemble(settings, pool, ready, clock.clocks())
     return Harness(parts, settings, clock, asgi(parts.gateway, tracer_provider))
 
 

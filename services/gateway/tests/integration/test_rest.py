@@ -11,11 +11,22 @@ import pytest
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2
-from crmkit import idempotency
+from crmkit import db, idempotency
 from crmkit.errors import NotFound, StaleEtag
 from trellis_gateway.idempotency import request_hash
 
-from .support import BOOTSTRAP, FakeContacts, GatewayDb, Harness, answers, contact, fails_with
+from .support import (
+    BOOTSTRAP,
+    FakeContacts,
+    GatewayDb,
+    Harness,
+    ManualClock,
+    always_ready,
+    answers,
+    contact,
+    fails_with,
+    harness,
+)
 
 CONTACT_ID = "01900000-0000-7000-8000-0000000000c1"
 
@@ -270,3 +281,21 @@ async def test_creates_answer_201_with_location_other_posts_200(gw: Harness) -> 
         made = await op.post("/v1/tenants", json={"name": "t"})
     assert made.status_code == 201
     assert made.headers["location"] == f"/v1/tenants/{made.json()['id']}"
+
+
+async def test_readyz_lists_the_backends_and_refuses_with_retry_after(
+    pool: db.Pool, gateway_db: GatewayDb, clock: ManualClock, contacts: FakeContacts
+) -> None:
+    async def stopping() -> bool:
+        return False
+
+    for ready, status in ((always_ready, 200), (stopping, 503)):
+        gw = harness(pool, gateway_db.app_url, clock, ready=ready)
+        try:
+            async with gw.client() as anon:
+                r = await anon.get("/readyz")
+        finally:
+            await gw.close()
+        assert r.status_code == status
+        assert r.json()["backends"] == {"contacts": "NOT_SERVING"}  # nothing watched it yet
+        assert ("retry-after" in r.headers) is (status == 503)
