@@ -26,7 +26,7 @@ from crm.gateway.v1 import gateway_pb2
 from crmkit import contract
 from crmkit.limits import field_limits, is_map_field, value_range
 from trellis_gateway import idempotency
-from trellis_gateway.routes import Route, RouteTable, query_fields, success_status
+from trellis_gateway.routes import IF_MATCH, Route, RouteTable, query_fields, success_status
 
 DescriptorSetPath = str | os.PathLike[str] | Traversable
 SourcePath = tuple[int, ...]
@@ -416,8 +416,12 @@ def _parameters(route: Route, schemas: Schemas) -> list[dict[str, Any]]:
                 "in": "header",
                 "required": False,
                 "description": "The resource's etag: the change happens only if the resource "
-                "has not changed since (412 otherwise).",
-                "schema": schemas.field(desc.fields_by_name["etag"], Form.INPUT, described=False),
+                "has not changed since (412 otherwise); `*`: only if it exists. One entity "
+                "tag: a list is refused.",
+                "schema": {
+                    **schemas.field(desc.fields_by_name["etag"], Form.INPUT, described=False),
+                    "pattern": f"^{IF_MATCH.pattern}$",
+                },
             }
         )
     return params

@@ -31,7 +31,7 @@ from trellis_gateway.openapi import (
     build_openapi,
     load_comments,
 )
-from trellis_gateway.routes import RouteTable, build_routes
+from trellis_gateway.routes import IF_MATCH, RouteTable, build_routes
 
 _F = descriptor_pb2.FieldDescriptorProto
 # googleapis-common-protos has no type stubs; its google.api.http extension is all we need.
@@ -284,7 +284,12 @@ def test_request_headers(doc: dict[str, Any]) -> None:
     assert "If-Match" not in post
     patch = _params(doc["paths"]["/v1/contacts/{id}"]["patch"], doc)
     assert patch["If-Match"]["in"] == "header"
-    assert patch["If-Match"]["schema"] == {"type": "string", "maxLength": 128}  # the etag field's
+    # The etag field's bound, and the one entity tag (or *) the gateway accepts.
+    assert patch["If-Match"]["schema"] == {
+        "type": "string",
+        "maxLength": 128,
+        "pattern": f"^{IF_MATCH.pattern}$",
+    }
     assert "Idempotency-Key" not in patch
     assert "etag" not in patch  # sent as If-Match, not as a query parameter
     assert list(patch) == ["id", "update_mask", "If-Match"]

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from crm.contacts.v1 import contacts_pb2
 from crm.gateway.v1 import gateway_pb2
 from trellis_gateway.routes import (
+    IF_MATCH,
     RequestError,
     Route,
     RouteTable,
@@ -492,3 +493,28 @@ def test_request_classes_are_concrete(table: RouteTable) -> None:
         assert route.response_class().DESCRIPTOR is route.method.output_type
         for f in route.request_class.DESCRIPTOR.fields:
             assert isinstance(f, FieldDescriptor)
+
+
+@pytest.mark.parametrize("stage", [2, False, 2.0])
+def test_enums_in_a_body_are_names_only(table: RouteTable, stage: object) -> None:
+    route, params = _match(table, "POST", "/v1/contacts")
+    with pytest.raises(RequestError) as err:
+        build_request(route, params, {}, {"first_name": "Ada", "lifecycle_stage": stage})
+    assert err.value.field == "contact.lifecycle_stage"
+    assert err.value.message.startswith("expected one of: LIFECYCLE_STAGE_UNSPECIFIED")
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        ('"abc"', True),
+        ('W/"abc"', True),
+        ("abc", True),
+        ("*", True),
+        ("", False),
+        ('"a", "b"', False),
+        ('"a b"', False),
+    ],
+)
+def test_if_match_holds_one_entity_tag(header: str, ok: bool) -> None:
+    assert bool(IF_MATCH.fullmatch(header)) is ok
