@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from crm.sales.v1 import sales_pb2
 from crmkit import db
@@ -44,15 +44,19 @@ LIMIT %(limit)s
 """
 
 
-def check_range(start: date | None, end: date | None, start_path: str, end_path: str) -> None:
+D = TypeVar("D", bound=date)  # a date or a datetime
+
+
+def checked_range(start: D | None, end: D | None, start_path: str, end_path: str) -> tuple[D, D]:
+    """The range, both ends given, in order and at most MAX_RANGE_DAYS long; else Invalid."""
     out = [(p, "must be given") for p, v in ((start_path, start), (end_path, end)) if v is None]
-    if start is not None and end is not None:
-        if end < start:
-            out.append((end_path, f"must not be before {start_path}"))
-        elif (end - start).days > MAX_RANGE_DAYS:
-            out.append((end_path, f"at most {MAX_RANGE_DAYS} days after {start_path}"))
-    if out:
+    if start is None or end is None:
         raise Invalid(out)
+    if end < start:
+        raise Invalid([(end_path, f"must not be before {start_path}")])
+    if (end - start).days > MAX_RANGE_DAYS:
+        raise Invalid([(end_path, f"at most {MAX_RANGE_DAYS} days after {start_path}")])
+    return start, end
 
 
 def _filters(owner_id: str, pipeline_id: str, params: dict[str, Any]) -> str:
