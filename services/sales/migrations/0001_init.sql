@@ -95,9 +95,6 @@ CREATE TABLE leads (
     score             integer NOT NULL DEFAULT 0,
     score_factors     jsonb NOT NULL DEFAULT '[]',
     score_time        timestamptz NOT NULL,
-    -- When decay will have changed the score: the re-scoring worker's due time; NULL when
-    -- nothing decays.
-    rescore_at        timestamptz,
     converted_deal_id uuid,
     convert_time      timestamptz,
     version           bigint NOT NULL DEFAULT 1,
@@ -111,8 +108,6 @@ CREATE TABLE leads (
 CREATE INDEX leads_by_score ON leads (tenant_id, score DESC, id DESC);
 CREATE INDEX leads_contact ON leads (tenant_id, contact_id) WHERE contact_id IS NOT NULL;
 CREATE INDEX leads_email ON leads (tenant_id, lower(email)) WHERE email <> '';
--- Only leads with decaying points are in it, so the worker's scan across tenants stays small.
-CREATE INDEX leads_rescore ON leads (tenant_id, rescore_at) WHERE rescore_at IS NOT NULL;
 
 CREATE TABLE scoring_rules (
     tenant_id      uuid NOT NULL,
@@ -221,14 +216,28 @@ CREATE TABLE activities (
 CREATE INDEX activities_lead ON activities (tenant_id, lead_id, id DESC) WHERE lead_id IS NOT NULL;
 CREATE INDEX activities_deal ON activities (tenant_id, deal_id, id DESC) WHERE deal_id IS NOT NULL;
 
--- The leads whose decaying points are due to be re-scored, across tenants: the re-scoring
--- worker then works on each tenant in a transaction of its own (the app role sees one tenant
--- at a time). SECURITY DEFINER for that one read, as the chassis's relay functions.
+-- When decay will have changed a lead's score: the re-scoring worker's queue, one row per
+-- lead with decaying points. Its RLS is enabled but not forced, like the chassis's outbox: the
+-- service sees one tenant's rows, while the worker finds the due ones of every tenant through
+-- the SECURITY DEFINER function below (run as the owner), then re-scores each tenant's leads
+-- in a tenant transaction of its own.
+CREATE TABLE rescore_due (
+    tenant_id uuid NOT NULL,
+    lead_id   uuid NOT NULL,
+    due_at    timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, lead_id),
+    FOREIGN KEY (tenant_id, lead_id) REFERENCES leads (tenant_id, id) ON DELETE CASCADE
+);
+CREATE INDEX rescore_due_at ON rescore_due (tenant_id, due_at);
+ALTER TABLE rescore_due ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON rescore_due
+    USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
+    WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid);
+
 CREATE FUNCTION sales_leads_due(due_by timestamptz, cap integer)
 RETURNS TABLE (tenant_id uuid, lead_id uuid)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    SELECT tenant_id, id FROM leads
-    WHERE rescore_at IS NOT NULL AND rescore_at <= due_by ORDER BY rescore_at LIMIT cap
+    SELECT tenant_id, lead_id FROM rescore_due WHERE due_at <= due_by ORDER BY due_at LIMIT cap
 $$;
 
 DO $$

@@ -173,27 +173,32 @@ async def rescore(
             (tenant_id, batch),
         ):
             hits[str(h["lead_id"])][str(h["rule_id"])].append(h["occurred_at"])
-        updates = []
+        updates, due, steady = [], [], []
         for row in rows:
             lead = _lead(row)
             attributes = scoring.lead_attributes(lead.fields, lead.contact)
             result = scoring.score(ruleset, attributes, hits[lead.meta.id], now)
-            updates.append(
-                (
-                    result.points,
-                    Jsonb(mapping.factors_to_json(result.factors)),
-                    now,
-                    result.rescore_at,
-                    tenant_id,
-                    lead.meta.id,
-                )
-            )
+            factors = Jsonb(mapping.factors_to_json(result.factors))
+            updates.append((result.points, factors, now, tenant_id, lead.meta.id))
+            if result.rescore_at is None:
+                steady.append(lead.meta.id)
+            else:
+                due.append((tenant_id, lead.meta.id, result.rescore_at))
         async with conn.cursor() as cur:
             await cur.executemany(
-                "UPDATE leads SET score = %s, score_factors = %s, score_time = %s,"
-                " rescore_at = %s WHERE tenant_id = %s AND id = %s",
+                "UPDATE leads SET score = %s, score_factors = %s, score_time = %s"
+                " WHERE tenant_id = %s AND id = %s",
                 updates,
             )
+            await cur.executemany(
+                "INSERT INTO rescore_due (tenant_id, lead_id, due_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (tenant_id, lead_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+                due,
+            )
+        await conn.execute(
+            "DELETE FROM rescore_due WHERE tenant_id = %s AND lead_id = ANY(%s::uuid[])",
+            (tenant_id, steady),
+        )
         metrics.rescored(trigger, len(updates))
 
 
