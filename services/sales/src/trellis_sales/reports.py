@@ -24,13 +24,14 @@ MAX_RANGE_DAYS = 3660
 _FORECAST = """
 SELECT to_char(date_trunc(%(period)s, d.close_date), 'YYYY-MM-DD') AS period_start,
        d.owner_id, d.currency,
-       COALESCE(sum(d.amount) FILTER (WHERE s.kind = 'open' AND d.forecast_category = 'pipeline'), 0)
+       COALESCE(sum(d.amount) FILTER (WHERE s.kind = 'open' AND d.forecast_category = 'pipeline'), 0)::bigint
            AS pipeline_amount,
-       COALESCE(sum(d.amount) FILTER (WHERE s.kind = 'open' AND d.forecast_category = 'best_case'), 0)
+       COALESCE(sum(d.amount) FILTER (WHERE s.kind = 'open' AND d.forecast_category = 'best_case'), 0)::bigint
            AS best_case_amount,
-       COALESCE(sum(d.amount) FILTER (WHERE s.kind = 'open' AND d.forecast_category = 'commit'), 0)
+       COALESCE(sum(d.amount) FILTER (WHERE s.kind = 'open' AND d.forecast_category = 'commit'), 0)::bigint
            AS commit_amount,
-       COALESCE(sum(d.amount) FILTER (WHERE s.kind = 'closed_won'), 0) AS closed_won_amount,
+       COALESCE(sum(d.amount) FILTER (WHERE s.kind = 'closed_won'), 0)::bigint
+           AS closed_won_amount,
        round(COALESCE(sum(d.amount::numeric * s.probability) FILTER (WHERE s.kind = 'open'), 0)
              / 100)::bigint AS weighted_amount,
        count(*) FILTER (WHERE s.kind = 'open') AS open_deals,
