@@ -44,12 +44,12 @@ async def test_forecast_by_period_owner_and_currency(service: Running, tenant: T
             forecast_category=category,
         )
 
-    async def rows(period: int) -> list[tuple[object, ...]]:
+    async def rows(period: sales_pb2.Period.ValueType) -> list[tuple[object, ...]]:
         got = await service.stub.GetForecast(
             sales_pb2.GetForecastRequest(
                 period=period,
                 start_date="2025-01-01",
-                end_date="2025-06-30",  # type: ignore[arg-type]
+                end_date="2025-06-30",
             ),
             metadata=tenant.md(),
         )
