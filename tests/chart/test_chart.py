@@ -344,8 +344,8 @@ SCHEMA_REJECTS = [
         id="bad-service-name",
     ),
     pytest.param(
-        {"services": {"sales": {"image": {"repository": "sales"}}}},
-        "at '/services/sales': missing properties 'ports', 'probes'",
+        {"services": {"billing": {"image": {"repository": "billing"}}}},
+        "at '/services/billing': missing properties 'ports', 'probes'",
         id="incomplete-service",
     ),
 ]
@@ -908,12 +908,18 @@ def test_network_policies_allow_exactly_the_declared_edges(
 
 def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
     internal, inbound, _ = expected_edges(renders[PROD])
-    assert internal == {("gateway", "contacts", 50051), ("test", "gateway", 8080)}
+    assert internal == {
+        ("gateway", "contacts", 50051),
+        ("gateway", "sales", 50051),
+        ("sales", "contacts", 50051),
+        ("test", "gateway", 8080),
+    }
     assert inbound == {
         ("ingress", "gateway", 8080),
         ("ingress", "gateway", 50050),
         ("monitoring", "contacts", 9090),
         ("monitoring", "gateway", 9090),
+        ("monitoring", "sales", 9090),
     }
     check_edges(renders[PROD])
 
@@ -939,7 +945,7 @@ ECHO = {
             "callers": ["gateway"],
             "database": {"appRole": "echo_app"},
         },
-        "contacts": {"callers": ["gateway", "echo"]},
+        "contacts": {"callers": ["gateway", "sales", "echo"]},
     }
 }
 
@@ -1150,6 +1156,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
         fullname("bootstrap-admin-key"),
         fullname("contacts-db"),
         fullname("gateway-db"),
+        fullname("sales-db"),
     }
     # a created database Secret holds the app URL only; the owner URL goes to the migration
     assert set(minimal.get("Secret", fullname("contacts-db"))["data"]) == {"url"}
@@ -1468,6 +1475,10 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
         rolled.append({name for name in now if now[name] != old[name]})
         before = after
     # the JWKS rolls every service; the gateway's key and key id roll the gateway alone
-    assert rolled == [{"contacts", "gateway"}, {"gateway"}, {"contacts", "gateway"}]
+    assert rolled == [
+        {"contacts", "gateway", "sales"},
+        {"gateway"},
+        {"contacts", "gateway", "sales"},
+    ]
     assert "the services trust\nthe keys gateway-2 (internalToken.publicKeys)" in before.notes
     assert "signed by the gateway with key gateway-2" in before.notes
