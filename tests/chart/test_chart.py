@@ -345,8 +345,8 @@ SCHEMA_REJECTS = [
         id="bad-service-name",
     ),
     pytest.param(
-        {"services": {"sales": {"image": {"repository": "sales"}}}},
-        "at '/services/sales': missing properties 'ports', 'probes'",
+        {"services": {"billing": {"image": {"repository": "billing"}}}},
+        "at '/services/billing': missing properties 'ports', 'probes'",
         id="incomplete-service",
     ),
 ]
@@ -911,6 +911,8 @@ def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
     internal, inbound, _ = expected_edges(renders[PROD])
     assert internal == {
         ("gateway", "contacts", 50051),
+        ("gateway", "sales", 50051),
+        ("sales", "contacts", 50051),
         ("gateway", "support", 50051),
         ("support", "contacts", 50051),
         ("test", "gateway", 8080),
@@ -921,6 +923,7 @@ def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
         ("monitoring", "contacts", 9090),
         ("monitoring", "support", 9090),
         ("monitoring", "gateway", 9090),
+        ("monitoring", "sales", 9090),
     }
     check_edges(renders[PROD])
 
