@@ -10,11 +10,12 @@ service's clock), never from the database's now().
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from google.protobuf.message import Message
 from psycopg.types.json import Jsonb
 
 from crm.support.v1 import events_pb2
@@ -36,7 +37,7 @@ from trellis_support.domain import (
 )
 from trellis_support.events import upsert_contact_facts
 from trellis_support.rows import event, every, known_id, metadata, one
-from trellis_support.sla import ResponseRound
+from trellis_support.sla import AppliedPolicy, ResponseRound
 from trellis_support.timers import Verdicts
 from trellis_support.workflow import DONE, Move, Status, check_transition
 
@@ -88,7 +89,7 @@ INSERT INTO ticket_statuses (tenant_id, ticket_id, seq, status, at) VALUES (%s, 
 _LOCK = "FOR NO KEY UPDATE OF t"
 
 
-def _field_params(f: TicketFields, policy: Any) -> dict[str, Any]:
+def _field_params(f: TicketFields, policy: AppliedPolicy | None) -> dict[str, Any]:
     return {
         "subject": f.subject,
         "description": f.description,
@@ -138,7 +139,7 @@ async def _set_status(
     return (*view.statuses, (now, status))
 
 
-async def _match(conn: db.Conn, tenant_id: str, fields: TicketFields) -> Any:
+async def _match(conn: db.Conn, tenant_id: str, fields: TicketFields) -> AppliedPolicy | None:
     found = policies.first_match(await policy_store.in_matching_order(conn, tenant_id), fields)
     return policies.applied(found) if found is not None else None
 
@@ -149,7 +150,12 @@ def _check_etag(view: TicketView, etag: str) -> None:
 
 
 async def _ticket_event(
-    conn: db.Conn, ident: Identity, view: TicketView, now: datetime, make: Any, **extra: Any
+    conn: db.Conn,
+    ident: Identity,
+    view: TicketView,
+    now: datetime,
+    make: Callable[..., Message],
+    **extra: Any,
 ) -> None:
     """Write one of the ticket events (`make`, an events_pb2 class) of `view`."""
     message = make(

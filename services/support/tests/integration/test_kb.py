@@ -254,3 +254,17 @@ async def test_articles_change_and_publish_once(platform: Platform, tenant: Tena
         platform.stub.GetArticle(pb.GetArticleRequest(id=made.id), metadata=tenant.md())
     )
     assert err.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_suggestions_take_any_text(platform: Platform, tenant: Tenant) -> None:
+    await _article(platform, tenant, "Paths on Windows", r"Use C:\Users\me and it's fine")
+    ticket = await new_ticket(
+        platform,
+        tenant,
+        subject=r"C:\Users\me: it's 'quoted' \ back\\slash & | ! ( ) <-> :* \"",
+        description="o'brien@example.com https://example.com/a?b=c&d 1.2.3 -- ' '' '''",
+    )
+    found = await platform.stub.SuggestArticles(
+        pb.SuggestArticlesRequest(id=ticket.id), metadata=tenant.md()
+    )
+    assert [m.article.title for m in found.matches] == ["Paths on Windows"]
