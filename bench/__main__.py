@@ -516,9 +516,17 @@ class Measure:
         return fig
 
 
-def outbox_drained(urls: list[str]) -> Callable[[], None]:
-    """Wait until every service has published its outbox, so a create's CPU includes the
-    relay's work for it and the next figure does not pay for it."""
+def settled(urls: list[str], meter: CpuMeter) -> Callable[[], None]:
+    """Wait until every service has published its outbox and the processes are idle, so a
+    create's CPU includes the work it causes after its answer (the relay publishing its
+    event, consumers in other services) and the next figure does not pay for it."""
+
+    def quiet() -> bool:
+        before = meter.snapshot()
+        time.sleep(0.25)
+        after = meter.snapshot()
+        busy = sum(after[k] - before.get(k, 0.0) for k in after if not k.startswith("postgres"))
+        return busy < 0.02  # under 8% of a core: timers and health checks only
 
     def settle() -> None:
         deadline = time.monotonic() + 60
@@ -529,7 +537,8 @@ def outbox_drained(urls: list[str]) -> Callable[[], None]:
                     if row is None or row[0] == 0:
                         break
                     time.sleep(0.05)
-        time.sleep(0.2)  # the relay's mark and the idle pool settle
+        while time.monotonic() < deadline and not quiet():
+            pass
 
     return settle
 
@@ -572,6 +581,7 @@ def profiled(procs: ServiceProcesses, names: list[str], label: str, on: bool) ->
 # --- the report ---------------------------------------------------------------------------------
 
 _PROCESSES = ("gateway", "envoy", "contacts", "sales", "postgres")
+PARTS = ["floor", "grpc", "contact", "deal", "alone"]
 
 
 def _table(figures: list[Figure]) -> str:
@@ -621,7 +631,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the services during the gateway figures"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        default=PARTS,
+        help="the parts to run (default: all)",
+    )
     args = parser.parse_args()
+    parts = set(args.only)
     n, c = args.requests, args.concurrency
 
     with tempfile.TemporaryDirectory(prefix="trellis-bench-") as tmp:
@@ -640,21 +658,26 @@ def main() -> None:
             tenant, key = stack.create_tenant("bench", sorted(SCOPES))
             meter = CpuMeter(_postmaster(postgres))
             meter.pids = {name: proc.pid for name, proc in procs.procs.items()}
-            settle = outbox_drained([stack.urls[s][1] for s in ENVOY_BACKENDS])
+            settle = settled([stack.urls[s][1] for s in ENVOY_BACKENDS], meter)
             measure = Measure(meter, settle)
             token = stack.mint(Identity(tenant, "bench", SCOPES))
             gateway = Rest("gateway", stack.gateway_url, (f"Authorization: Bearer {key}",))
-            figures = [
-                *asyncio.run(floor(stack.urls["contacts"][1], tenant, n, c, measure)),
-                *asyncio.run(direct_grpc(stack.grpc_address("contacts"), token, n, c, measure)),
-            ]
+            figures = []
+            if "floor" in parts:
+                figures += asyncio.run(floor(stack.urls["contacts"][1], tenant, n, c, measure))
+            if "grpc" in parts:
+                address = stack.grpc_address("contacts")
+                figures += asyncio.run(direct_grpc(address, token, n, c, measure))
             with envoy(stack, tenant, meter, Path(tmp), args.envoy_concurrency) as envoy_front:
                 for what in ("contact", "deal"):
+                    if what not in parts:
+                        continue
                     with profiled(procs, ["gateway", "contacts", "sales"], what, args.profile):
                         figures += rest_figures(gateway, what, n, c, measure)
                     figures += rest_figures(envoy_front(), what, n, c, measure)
-                figures.append(alone(gateway, args.alone, measure))
-                figures.append(alone(envoy_front(), args.alone, measure))
+                if "alone" in parts:
+                    figures.append(alone(gateway, args.alone, measure))
+                    figures.append(alone(envoy_front(), args.alone, measure))
         finally:
             for name in list(procs.procs):
                 procs.stop(name)

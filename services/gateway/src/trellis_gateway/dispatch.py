@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from crmkit import auth, contract, idempotency
+from crmkit import auth, contract, idempotency, telemetry
 from crmkit.context import Identity
 from crmkit.errors import ServiceError, from_rpc_error
 
@@ -96,6 +96,9 @@ class Backend:
 
 class Dispatcher:
     def __init__(self) -> None:
+        # OpenTelemetry's client interceptor, with a span per call, only when spans are
+        # recorded; otherwise `call` passes the trace context on itself.
+        self._traced = telemetry.recording()
         self._local: dict[str, LocalHandler] = {}
         self._remote: dict[str, Backend] = {}
         self.backends: list[Backend] = []
@@ -117,7 +120,7 @@ class Dispatcher:
                 ("grpc.service_config", _service_config(services)),
                 ("grpc.enable_retries", 1),
             ],
-            interceptors=aio_client_interceptors(),
+            interceptors=aio_client_interceptors() if self._traced else None,
         )
         backend = Backend(
             name, channel, tokens, timeout, address, tuple(s.full_name for s in services)
@@ -159,6 +162,10 @@ class Dispatcher:
             # The owning service records it with the write: a retry after a lost answer
             # returns the first result instead of writing twice.
             metadata.append((idempotency.METADATA_KEY, idempotency_key))
+        if not self._traced:
+            carrier: dict[str, str] = {}
+            telemetry.inject_into(carrier)
+            metadata.extend(carrier.items())
         try:
             response: Message = await stub(request, metadata=metadata, timeout=backend.timeout)
         except grpc.aio.AioRpcError as err:
