@@ -37,6 +37,10 @@ _TRANSPORT_FAILURES = {
 }
 
 
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
 class BadGateway(ServiceError):
     """A backend answer the gateway cannot pass on (larger than the channel accepts): a 502
     on the REST front, INTERNAL on the gRPC one, with a plain message either way."""
@@ -100,6 +104,7 @@ class Dispatcher:
         # recorded; otherwise `call` passes the trace context on itself.
         self._traced = telemetry.recording()
         self._local: dict[str, LocalHandler] = {}
+        self._stubs: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
         self._remote: dict[str, Backend] = {}
         self.backends: list[Backend] = []
 
@@ -149,11 +154,13 @@ class Dispatcher:
         if local is not None:
             return await local(request, identity)
         backend = self._remote[full_method]
-        stub: grpc.aio.UnaryUnaryMultiCallable[Message, Message] = backend.channel.unary_unary(
-            full_method,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_class.FromString,
-        )
+        stub = self._stubs.get(full_method)
+        if stub is None:  # made once per method: a multicallable per call costs CPU
+            stub = self._stubs[full_method] = backend.channel.unary_unary(
+                full_method,
+                request_serializer=_serialize,
+                response_deserializer=response_class.FromString,
+            )
         metadata = [
             (auth.METADATA_KEY, backend.tokens.token(identity)),
             ("x-request-id", request_id),

@@ -446,6 +446,8 @@ _WITHHELD_HEADERS = frozenset({"location"})
 
 def _query_lists(request: Request) -> dict[str, list[str]]:
     query: dict[str, list[str]] = {}
+    if not request.scope.get("query_string"):
+        return query  # most calls have none: not worth parsing
     for key, value in request.query_params.multi_items():
         query.setdefault(key, []).append(value)
     return query
