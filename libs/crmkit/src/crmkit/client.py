@@ -20,7 +20,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from crmkit import auth, context, contract, idempotency
+from crmkit import auth, context, contract, idempotency, telemetry
 from crmkit.errors import ServiceError, Unavailable, from_rpc_error
 
 R = TypeVar("R", bound=Message)
@@ -47,10 +47,12 @@ def service_config(services: Iterable[ServiceDescriptor]) -> str:
 
 
 def channel(services: Iterable[ServiceDescriptor], address: str) -> grpc.aio.Channel:
+    """A channel with the contract's retry policy, and a client span per call when spans are
+    recorded (without them, Callee.call passes the trace context on itself)."""
     return grpc.aio.insecure_channel(
         address,
         options=[("grpc.service_config", service_config(services)), ("grpc.enable_retries", 1)],
-        interceptors=aio_client_interceptors(),
+        interceptors=aio_client_interceptors() if telemetry.recording() else None,
     )
 
 
@@ -60,6 +62,7 @@ class Callee:
     def __init__(self, domain: str, address: str, timeout: float) -> None:
         self.domain = domain
         self.channel = channel(contract.services_of_domain(domain), address)
+        self._traced = telemetry.recording()
         self._timeout = timeout
 
     async def call(
@@ -84,6 +87,10 @@ class Callee:
         ]
         if idempotency_key:
             metadata.append((idempotency.METADATA_KEY, idempotency_key))
+        if not self._traced:
+            carrier: dict[str, str] = {}
+            telemetry.inject_into(carrier)
+            metadata.extend(carrier.items())
         try:
             return await method(request, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-from crmkit import auth, context, contract, db, idempotency, metrics
+from crmkit import auth, context, contract, db, idempotency, metrics, telemetry
 from crmkit.errors import Invalid, ServiceError, permission_denied, unauthenticated
 from crmkit.ids import canonical_uuid
 from crmkit.limits import check_limits
@@ -97,8 +97,13 @@ def _canonical(ident: context.Identity) -> context.Identity:
 
 
 class ChassisInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticate, pool: db.Pool | None) -> None:
+    def __init__(
+        self, authenticate: Authenticate, pool: db.Pool | None, traced: bool = False
+    ) -> None:
         self._authenticate = authenticate
+        # Whether OpenTelemetry's interceptor runs before this one (and so has made the
+        # caller's trace context current); if not, this one does that much itself.
+        self._traced = traced
         # Where idempotency keys are recorded with the calls' effects; None for a process
         # that only forwards calls (the gateway), whose backends record them.
         self._pool = pool
@@ -181,8 +186,11 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
             failure: ServiceError | None = None
             self._inflight += 1
             self._idle.clear()
+            trace_token = None
             try:
                 md = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
+                if not self._traced:
+                    trace_token = telemetry.attach_remote(md)
                 context.request_id.set(context.valid_request_id(md.get("x-request-id")))
                 ident = _canonical(await self._authenticate(md, scope))
                 if not ident.allows(scope):
@@ -210,6 +218,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
                 failure = status_of(exc)
                 code = failure.code
             finally:
+                telemetry.detach(trace_token)
                 self._inflight -= 1
                 if self._inflight == 0:
                     self._idle.set()
@@ -232,12 +241,18 @@ async def _refuse_undeclared(request: Any, ctx: grpc.aio.ServicerContext[Any, An
 def build_server(
     authenticate: Authenticate, pool: db.Pool | None
 ) -> tuple[grpc.aio.Server, ChassisInterceptor]:
-    tracing = aio_server_interceptor(
-        filter_=filters.negate(filters.service_name(health.SERVICE_NAME))
-    )
-    chassis = ChassisInterceptor(authenticate, pool)
+    """The server with the chassis interceptor, behind OpenTelemetry's when spans are
+    recorded (telemetry.recording: after setup_tracing installed the SDK)."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if telemetry.recording():
+        interceptors.append(
+            aio_server_interceptor(
+                filter_=filters.negate(filters.service_name(health.SERVICE_NAME))
+            )
+        )
+    chassis = ChassisInterceptor(authenticate, pool, traced=bool(interceptors))
     server = grpc.aio.server(
-        interceptors=[tracing, chassis],
+        interceptors=[*interceptors, chassis],
         options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
     )
     return server, chassis

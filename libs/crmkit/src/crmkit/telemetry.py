@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
+from contextvars import Token
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -65,6 +66,35 @@ def setup_tracing(
 
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
+
+
+def recording() -> bool:
+    """Whether spans are recorded in this process (setup_tracing installed the SDK).
+
+    Only then are the gRPC and ASGI instrumentations installed: without a provider they make
+    no span, yet their per-call work (wrapping the call, the context, the span that is not
+    recorded) is a measurable share of a request's CPU. Without them the caller's trace
+    context still flows, by `attach_remote` and `inject_into`.
+    """
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def attach_remote(carrier: Mapping[str, str]) -> Token[otel_context.Context] | None:
+    """Make the trace context a caller sent (W3C headers or metadata) the current one, as the
+    instrumentation would; a token for `detach`, or None when the caller sent none."""
+    if "traceparent" not in carrier:
+        return None
+    return otel_context.attach(
+        propagate.extract({k: carrier[k] for k in _TRACE_HEADERS if k in carrier})
+    )
+
+
+def detach(token: Token[otel_context.Context] | None) -> None:
+    if token is not None:
+        otel_context.detach(token)
 
 
 def current_traceparent() -> dict[str, str]:

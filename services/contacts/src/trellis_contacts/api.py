@@ -66,7 +66,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         self, request: contacts_pb2.CreateContactRequest, context: Ctx
     ) -> contacts_pb2.Contact:
         fields = domain.normalize_contact(mapping.contact_draft(request.contact), _CONTACT_PATHS)
-        return mapping.contact_to_proto(await store.create_contact(self._pool, caller(), fields))
+        return await store.create_contact(self._pool, caller(), fields)
 
     async def GetContact(
         self, request: contacts_pb2.GetContactRequest, context: Ctx

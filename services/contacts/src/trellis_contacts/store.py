@@ -21,7 +21,7 @@ from psycopg.abc import Params, QueryNoTemplate
 from psycopg.types.json import Jsonb
 
 from crm.common.v1 import common_pb2
-from crm.contacts.v1 import events_pb2
+from crm.contacts.v1 import contacts_pb2, events_pb2
 from crmkit import db, outbox
 from crmkit.context import Identity
 from crmkit.errors import Duplicate, Invalid, NotFound, StaleEtag
@@ -280,8 +280,11 @@ async def _claim_emails(conn: db.Conn, tenant_id: str, contact: Contact) -> None
         )
 
 
-async def create_contact(pool: db.Pool, ident: Identity, draft: ContactFields) -> Contact:
-    """Store a new contact (draft already normalised) and its contact.created event."""
+async def create_contact(
+    pool: db.Pool, ident: Identity, draft: ContactFields
+) -> contacts_pb2.Contact:
+    """Store a new contact (draft already normalised) and its contact.created event; the
+    contact as the event carries it, which is also the reply (converted once)."""
     tenant_id = ident.tenant_id
     async with db.tenant_tx(pool, tenant_id) as conn:
         if draft.company_id:
@@ -293,18 +296,25 @@ async def create_contact(pool: db.Pool, ident: Identity, draft: ContactFields) -
         assert row is not None  # INSERT ... RETURNING returns the row
         contact = _contact(row)
         await _claim_emails(conn, tenant_id, contact)
+        shown = mapping.contact_to_proto(contact)
         event = events_pb2.ContactCreated(
-            metadata=_metadata(ident, contact.update_time),
-            contact=mapping.contact_to_proto(contact),
+            metadata=_metadata(ident, contact.update_time), contact=shown
         )
         await _event(conn, ident, contact.id, contact.version, event)
-        return contact
+        return shown
+
+
+_GET_CONTACT = sql.SQL("SELECT {columns} FROM contacts WHERE tenant_id = %s AND id = %s").format(
+    columns=_CONTACT_COLUMNS
+)
 
 
 async def get_contact(pool: db.Pool, tenant_id: str, record_id: str) -> Contact:
     known = _known_id("contact", record_id)
-    async with db.tenant_tx(pool, tenant_id) as conn:
-        return await _select_contact(conn, tenant_id, known)
+    rows = await db.tenant_read(pool, tenant_id, _GET_CONTACT, (tenant_id, known))
+    if not rows:
+        raise NotFound("contact", record_id)
+    return _contact(rows[0])
 
 
 async def update_contact(

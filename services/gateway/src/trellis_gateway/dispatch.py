@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from crmkit import auth, contract, idempotency
+from crmkit import auth, contract, idempotency, telemetry
 from crmkit.context import Identity
 from crmkit.errors import ServiceError, from_rpc_error
 
@@ -35,6 +35,10 @@ _TRANSPORT_FAILURES = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "the service did not answer in time; retry later",
     grpc.StatusCode.UNKNOWN: "internal error",
 }
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 class BadGateway(ServiceError):
@@ -96,7 +100,11 @@ class Backend:
 
 class Dispatcher:
     def __init__(self) -> None:
+        # OpenTelemetry's client interceptor, with a span per call, only when spans are
+        # recorded; otherwise `call` passes the trace context on itself.
+        self._traced = telemetry.recording()
         self._local: dict[str, LocalHandler] = {}
+        self._stubs: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
         self._remote: dict[str, Backend] = {}
         self.backends: list[Backend] = []
 
@@ -117,7 +125,7 @@ class Dispatcher:
                 ("grpc.service_config", _service_config(services)),
                 ("grpc.enable_retries", 1),
             ],
-            interceptors=aio_client_interceptors(),
+            interceptors=aio_client_interceptors() if self._traced else None,
         )
         backend = Backend(
             name, channel, tokens, timeout, address, tuple(s.full_name for s in services)
@@ -146,11 +154,13 @@ class Dispatcher:
         if local is not None:
             return await local(request, identity)
         backend = self._remote[full_method]
-        stub: grpc.aio.UnaryUnaryMultiCallable[Message, Message] = backend.channel.unary_unary(
-            full_method,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_class.FromString,
-        )
+        stub = self._stubs.get(full_method)
+        if stub is None:  # made once per method: a multicallable per call costs CPU
+            stub = self._stubs[full_method] = backend.channel.unary_unary(
+                full_method,
+                request_serializer=_serialize,
+                response_deserializer=response_class.FromString,
+            )
         metadata = [
             (auth.METADATA_KEY, backend.tokens.token(identity)),
             ("x-request-id", request_id),
@@ -159,6 +169,10 @@ class Dispatcher:
             # The owning service records it with the write: a retry after a lost answer
             # returns the first result instead of writing twice.
             metadata.append((idempotency.METADATA_KEY, idempotency_key))
+        if not self._traced:
+            carrier: dict[str, str] = {}
+            telemetry.inject_into(carrier)
+            metadata.extend(carrier.items())
         try:
             response: Message = await stub(request, metadata=metadata, timeout=backend.timeout)
         except grpc.aio.AioRpcError as err:

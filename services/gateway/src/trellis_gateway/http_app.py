@@ -32,7 +32,7 @@ from starlette.routing import Route as HttpRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from crmkit import context, contract, metrics
+from crmkit import context, contract, metrics, telemetry
 from crmkit.context import Identity
 from crmkit.errors import ServiceError
 from crmkit.grpc_server import status_of
@@ -64,16 +64,25 @@ _ANY = "*"  # If-Match: * -- any current representation
 
 
 class RequestContext:
-    """Pure ASGI middleware: request id in and out, RED metrics and one access-log line."""
+    """Pure ASGI middleware: request id in and out, RED metrics and one access-log line; and,
+    when OpenTelemetry's middleware does not run (no spans recorded), the caller's trace
+    context made current, so it still reaches the services and their events."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, traced: bool = False) -> None:
         self.app = app
+        self.traced = traced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        trace_token = None
+        if not self.traced and b"traceparent" in headers:
+            trace_token = telemetry.attach_remote(
+                {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+            )
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = context.valid_request_id(given)
         context.request_id.set(rid)
         state = scope.setdefault("state", {})
@@ -91,6 +100,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            telemetry.detach(trace_token)
             route = state.get("route") or (
                 scope["path"] if scope["path"] in _FIXED_ROUTES else "unmatched"
             )
@@ -118,7 +128,10 @@ def span_details(scope: Scope) -> tuple[str, dict[str, str]]:
 
 
 def asgi(gateway: Gateway, tracer_provider: TracerProvider | None = None) -> ASGIApp:
-    """The gateway's HTTP stack: request context, one server span per request, the app."""
+    """The gateway's HTTP stack: request context, one server span per request when spans
+    are recorded (a provider given, or the SDK's installed), the app."""
+    if tracer_provider is None and not telemetry.recording():
+        return RequestContext(gateway.app())
     return RequestContext(
         OpenTelemetryMiddleware(
             gateway.app(),
@@ -128,7 +141,8 @@ def asgi(gateway: Gateway, tracer_provider: TracerProvider | None = None) -> ASG
             # CPU than the rest of the request's handling and says little.
             exclude_spans=["receive", "send"],
             tracer_provider=tracer_provider,
-        )
+        ),
+        traced=True,
     )
 
 
@@ -433,6 +447,8 @@ _WITHHELD_HEADERS = frozenset({"location"})
 
 def _query_lists(request: Request) -> dict[str, list[str]]:
     query: dict[str, list[str]] = {}
+    if not request.scope.get("query_string"):
+        return query  # most calls have none: not worth parsing
     for key, value in request.query_params.multi_items():
         query.setdefault(key, []).append(value)
     return query

@@ -280,7 +280,12 @@ def test_update_mask_names_the_writable_paths(doc: dict[str, Any]) -> None:
 def test_request_headers(doc: dict[str, Any]) -> None:
     post = _params(doc["paths"]["/v1/contacts"]["post"], doc)
     assert post["Idempotency-Key"]["in"] == "header"
-    assert post["Idempotency-Key"]["schema"] == {"type": "string", "minLength": 1, "maxLength": 255}
+    assert post["Idempotency-Key"]["schema"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[\\x20-\\x7E]+$",
+    }
     assert "If-Match" not in post
     patch = _params(doc["paths"]["/v1/contacts/{id}"]["patch"], doc)
     assert patch["If-Match"]["in"] == "header"

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import Message
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from crm.sales.v1 import events_pb2, sales_pb2
@@ -226,10 +227,15 @@ async def create(pool: db.Pool, ident: Identity, draft: DealFields, now: datetim
         return await insert(conn, ident, draft, now)
 
 
+_GET = sql.SQL(f"{_SELECT} WHERE d.tenant_id = %s AND d.id = %s")
+
+
 async def get(pool: db.Pool, tenant_id: str, deal_id: str) -> Deal:
     known = known_id("deal", deal_id)
-    async with db.tenant_tx(pool, tenant_id) as conn:
-        return await select(conn, tenant_id, known)
+    rows = await db.tenant_read(pool, tenant_id, _GET, (tenant_id, known))
+    if not rows:
+        raise NotFound("deal", deal_id)
+    return _deal(rows[0])
 
 
 async def update(
