@@ -141,7 +141,7 @@ class Stack:
             f"{prefix}_SHUTDOWN_GRACE_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",
         }
-        env |= svc.env
+        env |= svc.env | svc.development_env
         for port, number in self.ports[name].items():
             env[f"{prefix}_{port.upper()}_PORT"] = str(number)
         for callee in self.decl.callees(name):

@@ -1,0 +1,70 @@
+"""Wiring only: what the chassis needs to run the notify service."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from aiohttp.abc import AbstractResolver
+
+from crm.notify.v1 import notify_pb2, notify_pb2_grpc
+from crmkit.consumer import Consumer
+from crmkit.migrations import migrations_dir
+from crmkit.service import Runtime, ServiceDefinition, Worker
+from trellis_notify import events
+from trellis_notify.api import NotifyApi
+from trellis_notify.config import NotifySettings
+from trellis_notify.dispatcher import Clock, Dispatcher, utc_now
+from trellis_notify.domain import RetryPolicy
+from trellis_notify.sender import Sender
+
+# Packaged in the wheel (the image); services/notify/migrations in a source checkout.
+MIGRATIONS = migrations_dir(__file__)
+
+
+def definition(
+    clock: Clock = utc_now, resolver: AbstractResolver | None = None
+) -> ServiceDefinition:
+    """The service; tests give it a clock they move and a resolver of their own names."""
+
+    async def wire(runtime: Runtime) -> list[Worker]:
+        settings = runtime.settings
+        assert isinstance(settings, NotifySettings)
+        assert runtime.js is not None  # notify uses the bus
+        notify_pb2_grpc.add_NotifyServiceServicer_to_server(
+            NotifyApi(runtime.pool, runtime.js, settings, clock), runtime.server
+        )
+        sender = Sender(
+            allow_private=settings.webhook_allow_private,
+            timeout=settings.webhook_timeout_seconds,
+            concurrency=settings.webhook_concurrency,
+            per_endpoint=settings.webhook_per_endpoint_concurrency,
+            resolver=resolver,
+        )
+        dispatcher = Dispatcher(
+            runtime.pool,
+            sender,
+            RetryPolicy(settings.webhook_retry_schedule, settings.webhook_retry_jitter),
+            clock=clock,
+            concurrency=settings.webhook_concurrency,
+            per_webhook=settings.webhook_per_endpoint_concurrency,
+            poll_interval=settings.webhook_poll_seconds,
+            lease=timedelta(seconds=settings.webhook_timeout_seconds + 60),
+        )
+        fanout = Consumer(
+            runtime.js,
+            runtime.pool,
+            name="notify-webhooks",
+            filter_subjects=[events.EVERY_EVENT],
+            handler=events.webhook_fanout(clock),
+        )
+        return [fanout, dispatcher]
+
+    return ServiceDefinition(
+        name="notify",
+        migrations_dir=MIGRATIONS,
+        grpc_services=[notify_pb2.DESCRIPTOR.services_by_name["NotifyService"].full_name],
+        wire=wire,
+    )
+
+
+DEFINITION = definition()

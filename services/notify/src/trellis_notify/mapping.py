@@ -1,0 +1,101 @@
+"""Protobuf <-> domain values of notify."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from crm.notify.v1 import notify_pb2
+from crmkit.errors import Invalid
+from trellis_notify.domain import Webhook, WebhookFields
+from trellis_notify.store import Attempt, Delivery
+
+_STATUS_TO_PROTO = {
+    "pending": notify_pb2.DELIVERY_STATUS_PENDING,
+    "sending": notify_pb2.DELIVERY_STATUS_PENDING,  # an attempt is under way
+    "delivered": notify_pb2.DELIVERY_STATUS_DELIVERED,
+    "failed": notify_pb2.DELIVERY_STATUS_FAILED,
+    "dead": notify_pb2.DELIVERY_STATUS_DEAD_LETTERED,
+}
+_STATUS_FROM_PROTO: dict[int, str] = {
+    notify_pb2.DELIVERY_STATUS_PENDING: "pending",
+    notify_pb2.DELIVERY_STATUS_DELIVERED: "delivered",
+    notify_pb2.DELIVERY_STATUS_FAILED: "failed",
+    notify_pb2.DELIVERY_STATUS_DEAD_LETTERED: "dead",
+}
+
+
+def _stamp(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:
+    if value is not None:
+        target.FromDatetime(value)
+
+
+def webhook_draft(msg: notify_pb2.Webhook) -> WebhookFields:
+    return WebhookFields(
+        url=msg.url,
+        description=msg.description,
+        event_types=tuple(msg.event_types),
+        disabled=msg.disabled,
+    )
+
+
+def webhook_to_proto(webhook: Webhook, *, with_secret: bool = False) -> notify_pb2.Webhook:
+    f = webhook.fields
+    msg = notify_pb2.Webhook(
+        id=webhook.id,
+        url=f.url,
+        description=f.description,
+        event_types=f.event_types,
+        disabled=f.disabled,
+        disabled_reason=webhook.disabled_reason,
+        secret=webhook.secret if with_secret else "",
+        version=webhook.version,
+        etag=webhook.etag,
+    )
+    if webhook.previous_secret:
+        _stamp(msg.previous_secret_expire_time, webhook.previous_secret_expires_at)
+    _stamp(msg.create_time, webhook.create_time)
+    _stamp(msg.update_time, webhook.update_time)
+    return msg
+
+
+def status_from_proto(number: int, path: str) -> str | None:
+    """The stored status a filter asks for; None for UNSPECIFIED (no filter)."""
+    if number == notify_pb2.DELIVERY_STATUS_UNSPECIFIED:
+        return None
+    found = _STATUS_FROM_PROTO.get(number)
+    if found is None:
+        raise Invalid([(path, f"unknown delivery status {number}")])
+    return found
+
+
+def _attempt_to_proto(attempt: Attempt) -> notify_pb2.WebhookAttempt:
+    msg = notify_pb2.WebhookAttempt(
+        number=attempt.number,
+        status_code=attempt.status_code,
+        error=attempt.error,
+        latency_ms=attempt.latency_ms,
+        response_snippet=attempt.response_snippet,
+    )
+    _stamp(msg.time, attempt.time)
+    return msg
+
+
+def delivery_to_proto(delivery: Delivery) -> notify_pb2.WebhookDelivery:
+    msg = notify_pb2.WebhookDelivery(
+        id=delivery.id,
+        webhook_id=delivery.webhook_id,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        subject=delivery.subject,
+        status=_STATUS_TO_PROTO[delivery.status],
+        attempt_count=delivery.attempts,
+        replay=delivery.replay,
+        attempts=[_attempt_to_proto(a) for a in delivery.log],
+    )
+    if delivery.status in ("pending", "sending"):
+        _stamp(msg.next_attempt_time, delivery.next_attempt_at)
+    _stamp(msg.create_time, delivery.create_time)
+    _stamp(msg.deliver_time, delivery.deliver_time)
+    return msg
