@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 
 _BATCH = 256
 _FETCH_TIMEOUT = 2.0
+_EARLY = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
 class Found:
     events: list[Event]
     truncated: bool
-    last_time: datetime | None  # the stream time of the last event taken
+    last_time: datetime | None  # (just before) the stream time of the last event taken
 
 
 async def matching_events(
@@ -77,7 +78,10 @@ async def matching_events(
                 if len(events) == limit:
                     return Found(events, True, last_time)
                 events.append(event)
-                last_time = meta.timestamp
+                # A microsecond early: the stream keeps nanoseconds and the client's datetime
+                # may round up, so a replay resumed from here takes this event again (its
+                # webhook-id lets the partner drop it) rather than miss the next one.
+                last_time = meta.timestamp - _EARLY
                 if meta.num_pending == 0:
                     return Found(events, False, last_time)
             if msgs and msgs[-1].metadata.num_pending == 0:

@@ -98,7 +98,7 @@ class Running:
     async def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """Rows as the superuser sees them (every tenant's)."""
         async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
-            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+            cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
 

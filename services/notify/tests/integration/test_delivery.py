@@ -113,7 +113,8 @@ async def test_during_a_rotation_both_secrets_verify_then_only_the_new_one(
     rotated = await service.stub.RotateWebhookSecret(
         notify_pb2.RotateWebhookSecretRequest(id=hook.id), metadata=tenant.md()
     )
-    assert rotated.secret.startswith("whsec_") and rotated.secret != hook.secret
+    assert rotated.secret.startswith("whsec_")
+    assert rotated.secret != hook.secret
     overlap_ends = rotated.previous_secret_expire_time.ToDatetime(UTC)
     assert overlap_ends > datetime.now(UTC) + timedelta(hours=23)
     # Reading the endpoint shows neither secret.
