@@ -818,9 +818,11 @@ class Policies:
         return [f"<peer {peer}>"]
 
     def egress(self) -> set[Edge]:
-        targets = self.np["egress"]
         edges: set[Edge] = set()
         for pod in self.pods:
+            # The shared destinations, and the pod's service's own (notify: webhooks, smtp).
+            own = services(self.r).get(pod, {}).get("egress", {})
+            targets = {**self.np["egress"], **own}
             selecting = self._selecting(pod, "Egress")
             if not selecting:
                 edges.add((pod, ANY, 0))
@@ -868,6 +870,7 @@ def expected_edges(r: Render) -> tuple[set[Edge], set[Edge], set[Edge]]:
             inbound |= {("ingress", name, ports[p]) for p in svc["expose"]["ports"]}
         inbound.add(("monitoring", name, ports["metrics"]))
         outbound |= {(name, "dns", egress["dns"]["port"]), (name, "nats", egress["nats"]["port"])}
+        outbound |= {(name, target, t["port"]) for target, t in svc.get("egress", {}).items()}
         if r.values["otel"]["endpoint"]:
             outbound.add((name, "otlp", egress["otlp"]["port"]))
         if svc["database"]["enabled"]:
@@ -908,12 +911,17 @@ def test_network_policies_allow_exactly_the_declared_edges(
 
 def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
     internal, inbound, _ = expected_edges(renders[PROD])
-    assert internal == {("gateway", "contacts", 50051), ("test", "gateway", 8080)}
+    assert internal == {
+        ("gateway", "contacts", 50051),
+        ("gateway", "notify", 50051),
+        ("test", "gateway", 8080),
+    }
     assert inbound == {
         ("ingress", "gateway", 8080),
         ("ingress", "gateway", 50050),
         ("monitoring", "contacts", 9090),
         ("monitoring", "gateway", 9090),
+        ("monitoring", "notify", 9090),
     }
     check_edges(renders[PROD])
 
@@ -1150,6 +1158,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
         fullname("bootstrap-admin-key"),
         fullname("contacts-db"),
         fullname("gateway-db"),
+        fullname("notify-db"),
     }
     # a created database Secret holds the app URL only; the owner URL goes to the migration
     assert set(minimal.get("Secret", fullname("contacts-db"))["data"]) == {"url"}
@@ -1468,6 +1477,7 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
         rolled.append({name for name in now if now[name] != old[name]})
         before = after
     # the JWKS rolls every service; the gateway's key and key id roll the gateway alone
-    assert rolled == [{"contacts", "gateway"}, {"gateway"}, {"contacts", "gateway"}]
+    every = set(services(before))
+    assert rolled == [every, {"gateway"}, every]
     assert "the services trust\nthe keys gateway-2 (internalToken.publicKeys)" in before.notes
     assert "signed by the gateway with key gateway-2" in before.notes
