@@ -20,7 +20,7 @@ from crmkit import db, paging
 from crmkit.context import caller
 from crmkit.errors import invalid_field
 from crmkit.ids import canonical_uuid
-from trellis_notify import domain, mapping, replay, signing, store
+from trellis_notify import audience, domain, mapping, replay, signing, store
 from trellis_notify.config import NotifySettings
 from trellis_notify.dispatcher import Clock
 
@@ -182,3 +182,45 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
             self._pool, caller().tenant_id, request.webhook_id, request.id, self._clock()
         )
         return mapping.delivery_to_proto(again)
+
+    # --- suppressions ---------------------------------------------------------------------------
+
+    async def ListSuppressions(
+        self, request: notify_pb2.ListSuppressionsRequest, context: Ctx
+    ) -> notify_pb2.ListSuppressionsResponse:
+        size = paging.page_size(request.page_size)
+        filters: dict[str, object] = {}
+        after = paging.decode_page_token(request.page_token, filters, arity=2)
+        rows = await audience.list_suppressions(
+            self._pool,
+            caller().tenant_id,
+            (str(after[0]), str(after[1])) if after is not None else None,
+            size + 1,
+        )
+        page, token = paging.next_page(
+            [mapping.suppression_to_proto(r) for r in rows],
+            size,
+            lambda s: [s.email, s.purpose],
+            filters,
+        )
+        return notify_pb2.ListSuppressionsResponse(suppressions=page, next_page_token=token)
+
+    async def CreateSuppression(
+        self, request: notify_pb2.CreateSuppressionRequest, context: Ctx
+    ) -> notify_pb2.Suppression:
+        msg = request.suppression
+        email, purpose, detail = domain.suppression(
+            msg.email, msg.purpose, msg.detail, "suppression"
+        )
+        added = await audience.add_suppression(
+            self._pool, caller().tenant_id, email, purpose, detail
+        )
+        return mapping.suppression_to_proto(added)
+
+    async def DeleteSuppression(
+        self, request: notify_pb2.DeleteSuppressionRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        await audience.remove_suppression(
+            self._pool, caller().tenant_id, request.email, request.purpose.strip()
+        )
+        return empty_pb2.Empty()

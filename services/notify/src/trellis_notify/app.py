@@ -10,7 +10,7 @@ from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit.consumer import Consumer
 from crmkit.migrations import migrations_dir
 from crmkit.service import Runtime, ServiceDefinition, Worker
-from trellis_notify import events
+from trellis_notify import audience, events
 from trellis_notify.api import NotifyApi
 from trellis_notify.config import NotifySettings
 from trellis_notify.dispatcher import Clock, Dispatcher, utc_now
@@ -57,7 +57,14 @@ def definition(
             filter_subjects=[events.EVERY_EVENT],
             handler=events.webhook_fanout(clock),
         )
-        return [fanout, dispatcher]
+        projection = Consumer(
+            runtime.js,
+            runtime.pool,
+            name="notify-contacts",
+            filter_subjects=[audience.CONTACTS, audience.CONSENTS],
+            handler=audience.projection_handler(),
+        )
+        return [fanout, projection, dispatcher]
 
     return ServiceDefinition(
         name="notify",

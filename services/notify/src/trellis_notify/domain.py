@@ -215,3 +215,34 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         return None
     return max((when - now).total_seconds(), 0.0)
+
+
+# --- mail -------------------------------------------------------------------------------------
+
+_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Enough to refuse what cannot be an address; contacts validates the addresses it stores.
+_EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]{1,64}@[^\s@\x00-\x1f\x7f]+\.[^\s@\x00-\x1f\x7f]+")
+
+
+def email_address(value: str, path: str, out: list[Violation]) -> str:
+    value = value.strip()
+    if not _EMAIL.fullmatch(value):
+        out.append((path, "not a valid email address"))
+    return value
+
+
+def purpose(value: str, path: str, out: list[Violation], *, required: bool = False) -> str:
+    value = value.strip()
+    if (value or required) and not _PURPOSE.fullmatch(value):
+        out.append((path, "1-64 lower-case letters, digits or underscores, e.g. marketing_email"))
+    return value
+
+
+def suppression(email: str, purpose_: str, detail: str, prefix: str) -> tuple[str, str, str]:
+    out: list[Violation] = []
+    email = email_address(email, f"{prefix}.email", out)
+    purpose_ = purpose(purpose_, f"{prefix}.purpose", out)
+    detail = text.one_line(detail, f"{prefix}.detail", out)
+    if out:
+        raise Invalid(out)
+    return email, purpose_, detail

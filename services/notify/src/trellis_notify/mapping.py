@@ -8,6 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from crm.notify.v1 import notify_pb2
 from crmkit.errors import Invalid
+from trellis_notify.audience import Suppression
 from trellis_notify.domain import Webhook, WebhookFields
 from trellis_notify.store import Attempt, Delivery
 
@@ -98,4 +99,19 @@ def delivery_to_proto(delivery: Delivery) -> notify_pb2.WebhookDelivery:
         _stamp(msg.next_attempt_time, delivery.next_attempt_at)
     _stamp(msg.create_time, delivery.create_time)
     _stamp(msg.deliver_time, delivery.deliver_time)
+    return msg
+
+
+_REASONS = {
+    "unsubscribed": notify_pb2.SUPPRESSION_REASON_UNSUBSCRIBED,
+    "bounced": notify_pb2.SUPPRESSION_REASON_BOUNCED,
+    "manual": notify_pb2.SUPPRESSION_REASON_MANUAL,
+}
+
+
+def suppression_to_proto(entry: Suppression) -> notify_pb2.Suppression:
+    msg = notify_pb2.Suppression(
+        email=entry.email, purpose=entry.purpose, reason=_REASONS[entry.reason], detail=entry.detail
+    )
+    _stamp(msg.create_time, entry.create_time)
     return msg
