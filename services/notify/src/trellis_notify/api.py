@@ -11,18 +11,19 @@ from datetime import UTC, timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit import db, paging
 from crmkit.context import caller
-from crmkit.errors import invalid_field
+from crmkit.errors import Invalid, NotFound, invalid_field
 from crmkit.ids import canonical_uuid
-from trellis_notify import audience, domain, mapping, replay, signing, store
+from trellis_notify import audience, domain, mail_store, mapping, replay, signing, store, templates
 from trellis_notify.config import NotifySettings
-from trellis_notify.dispatcher import Clock
+from trellis_notify.queue import Clock
+from trellis_notify.unsubscribe import Links
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -31,6 +32,19 @@ def _mask(update_mask: Sequence[str], record: Message) -> list[str]:
     # An empty mask means "every field set in the message" (proto3: every non-default field).
     paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
     return domain.resolve_mask(paths)
+
+
+def _template_mask(update_mask: Sequence[str], record: Message) -> list[str]:
+    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
+    unknown = [p for p in paths if p not in templates.WRITABLE | templates.OUTPUT_ONLY]
+    if unknown:
+        raise Invalid([("update_mask", f"unknown field {p!r}") for p in unknown])
+    return [p for p in dict.fromkeys(paths) if p in templates.WRITABLE]
+
+
+def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
+    found: dict[str, Any] = json_format.MessageToDict(value)
+    return found
 
 
 def _after_id(token: str, filters: dict[str, object]) -> str | None:
@@ -45,12 +59,18 @@ def _after_id(token: str, filters: dict[str, object]) -> str | None:
 
 class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     def __init__(
-        self, pool: db.Pool, js: JetStreamContext, settings: NotifySettings, clock: Clock
+        self,
+        pool: db.Pool,
+        js: JetStreamContext,
+        settings: NotifySettings,
+        clock: Clock,
+        links: Links,
     ) -> None:
         self._pool = pool
         self._js = js
         self._settings = settings
         self._clock = clock
+        self._links = links
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -224,3 +244,135 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
             self._pool, caller().tenant_id, request.email, request.purpose.strip()
         )
         return empty_pb2.Empty()
+
+    # --- templates ------------------------------------------------------------------------------
+
+    async def CreateTemplate(
+        self, request: notify_pb2.CreateTemplateRequest, context: Ctx
+    ) -> notify_pb2.Template:
+        draft = templates.normalize(mapping.template_draft(request.template), templates.WRITABLE)
+        made = await mail_store.create_template(
+            self._pool, caller().tenant_id, templates.finish(draft)
+        )
+        return mapping.template_to_proto(made)
+
+    async def GetTemplate(
+        self, request: notify_pb2.GetTemplateRequest, context: Ctx
+    ) -> notify_pb2.Template:
+        found = await mail_store.get_template(self._pool, caller().tenant_id, request.id)
+        return mapping.template_to_proto(found)
+
+    async def ListTemplates(
+        self, request: notify_pb2.ListTemplatesRequest, context: Ctx
+    ) -> notify_pb2.ListTemplatesResponse:
+        size = paging.page_size(request.page_size)
+        filters: dict[str, object] = {}
+        after = _after_id(request.page_token, filters)
+        rows = await mail_store.list_templates(self._pool, caller().tenant_id, after, size + 1)
+        page, token = paging.next_page(
+            [mapping.template_to_proto(t) for t in rows], size, lambda t: [t.id], filters
+        )
+        return notify_pb2.ListTemplatesResponse(templates=page, next_page_token=token)
+
+    async def UpdateTemplate(
+        self, request: notify_pb2.UpdateTemplateRequest, context: Ctx
+    ) -> notify_pb2.Template:
+        paths = _template_mask(request.update_mask, request.template)
+        draft = templates.normalize(mapping.template_draft(request.template), paths)
+        updated = await mail_store.update_template(
+            self._pool, caller().tenant_id, request.id, draft, paths, request.etag
+        )
+        return mapping.template_to_proto(updated)
+
+    async def DeleteTemplate(
+        self, request: notify_pb2.DeleteTemplateRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        await mail_store.delete_template(self._pool, caller().tenant_id, request.id, request.etag)
+        return empty_pb2.Empty()
+
+    async def PreviewTemplate(
+        self, request: notify_pb2.PreviewTemplateRequest, context: Ctx
+    ) -> notify_pb2.RenderedEmail:
+        found = await mail_store.get_template(self._pool, caller().tenant_id, request.id)
+        given = _struct(request.variables)
+        values = templates.Values(
+            contact=_object(given, "contact"),
+            event=_object(given, "event"),
+            vars=_object(given, "vars"),
+            unsubscribe_url=f"{self._settings.public_base_url()}/unsubscribe/preview",
+        )
+        try:
+            rendered = templates.render(found.fields, request.locale, values.as_dict())
+        except templates.RenderError as err:
+            raise invalid_field("variables", str(err)) from None
+        return notify_pb2.RenderedEmail(
+            locale=rendered.locale, subject=rendered.subject, text=rendered.text, html=rendered.html
+        )
+
+    # --- emails ---------------------------------------------------------------------------------
+
+    async def SendEmail(
+        self, request: notify_pb2.SendEmailRequest, context: Ctx
+    ) -> notify_pb2.Email:
+        tenant_id = caller().tenant_id
+        out: list[tuple[str, str]] = []
+        contact_id = request.contact_id.strip()
+        to = request.to.strip()
+        if bool(contact_id) == bool(to):
+            out.append(("contact_id", "give a contact_id or a to address, not both"))
+        elif to:
+            to = domain.email_address(to, "to", out)
+        if out:
+            raise Invalid(out)
+        async with db.tenant_tx(self._pool, tenant_id) as conn:
+            template = await mail_store.select_template(conn, tenant_id, request.template_id)
+            contact: dict[str, Any] = {}
+            if contact_id:
+                known = canonical_uuid(contact_id)
+                if known is None:
+                    raise NotFound("contact", contact_id)
+                found = await audience.recipient(conn, tenant_id, known)
+                contact, to, contact_id = found.variables(), found.email, known
+            queued = await mail_store.enqueue(
+                conn,
+                tenant_id,
+                mail_store.Send(
+                    template=template,
+                    to=to,
+                    contact_id=contact_id or None,
+                    locale=request.locale,
+                    values=templates.Values(contact=contact, vars=_struct(request.vars)),
+                    origin="api",
+                ),
+                self._links,
+                self._clock(),
+            )
+        assert queued is not None  # no origin key: never a duplicate
+        return mapping.email_to_proto(queued)
+
+    async def GetEmail(self, request: notify_pb2.GetEmailRequest, context: Ctx) -> notify_pb2.Email:
+        found = await mail_store.get_email(self._pool, caller().tenant_id, request.id)
+        return mapping.email_to_proto(found)
+
+    async def ListEmails(
+        self, request: notify_pb2.ListEmailsRequest, context: Ctx
+    ) -> notify_pb2.ListEmailsResponse:
+        size = paging.page_size(request.page_size)
+        status = mapping.email_status_from_proto(request.status, "status")
+        origin = request.origin.strip()
+        filters: dict[str, object] = {"origin": origin, "status": status}
+        after = _after_id(request.page_token, filters)
+        rows = await mail_store.list_emails(
+            self._pool, caller().tenant_id, origin, status, after, size + 1
+        )
+        page, token = paging.next_page(
+            [mapping.email_to_proto(e) for e in rows], size, lambda e: [e.id], filters
+        )
+        return notify_pb2.ListEmailsResponse(emails=page, next_page_token=token)
+
+
+def _object(given: dict[str, Any], key: str) -> dict[str, Any]:
+    value = given.get(key, {})
+    if not isinstance(value, dict):
+        raise invalid_field(f"variables.{key}", "must be an object")
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver
 
@@ -10,12 +11,15 @@ from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit.consumer import Consumer
 from crmkit.migrations import migrations_dir
 from crmkit.service import Runtime, ServiceDefinition, Worker
-from trellis_notify import audience, events
+from trellis_notify import audience, events, unsubscribe
 from trellis_notify.api import NotifyApi
 from trellis_notify.config import NotifySettings
-from trellis_notify.dispatcher import Clock, Dispatcher, utc_now
+from trellis_notify.dispatcher import Dispatcher
 from trellis_notify.domain import RetryPolicy
+from trellis_notify.mailer import Mailer, Smtp
+from trellis_notify.queue import Clock, utc_now
 from trellis_notify.sender import Sender
+from trellis_notify.unsubscribe import Links, PublicHttp
 
 # Packaged in the wheel (the image); services/notify/migrations in a source checkout.
 MIGRATIONS = migrations_dir(__file__)
@@ -30,8 +34,11 @@ def definition(
         settings = runtime.settings
         assert isinstance(settings, NotifySettings)
         assert runtime.js is not None  # notify uses the bus
+        links = Links(
+            settings.unsubscribe_key.get_secret_value().encode(), settings.public_base_url()
+        )
         notify_pb2_grpc.add_NotifyServiceServicer_to_server(
-            NotifyApi(runtime.pool, runtime.js, settings, clock), runtime.server
+            NotifyApi(runtime.pool, runtime.js, settings, clock, links), runtime.server
         )
         sender = Sender(
             allow_private=settings.webhook_allow_private,
@@ -64,7 +71,29 @@ def definition(
             filter_subjects=[audience.CONTACTS, audience.CONSENTS],
             handler=audience.projection_handler(),
         )
-        return [fanout, projection, dispatcher]
+        password = settings.smtp_password
+        mailer = Mailer(
+            runtime.pool,
+            Smtp(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                username=settings.smtp_username,
+                password=password.get_secret_value() if password else None,
+                tls=settings.smtp_tls,
+                timeout=settings.smtp_timeout_seconds,
+                sender=settings.mail_from,
+                message_id_domain=urlsplit(settings.public_base_url()).hostname or "trellis",
+            ),
+            links,
+            RetryPolicy(settings.mail_retry_schedule, settings.webhook_retry_jitter),
+            clock=clock,
+            concurrency=settings.mail_concurrency,
+            poll_interval=settings.webhook_poll_seconds,
+        )
+        public = PublicHttp(
+            unsubscribe.routes(links, runtime.pool), settings.bind_host, settings.http_port
+        )
+        return [fanout, projection, dispatcher, mailer, public]
 
     return ServiceDefinition(
         name="notify",

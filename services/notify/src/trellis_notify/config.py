@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crmkit.config import ServiceSettings
@@ -41,14 +41,45 @@ class NotifySettings(ServiceSettings):
     )
     replay_max_events: int = Field(default=10_000, ge=1, le=1_000_000)
 
-    @field_validator("webhook_retry_schedule", mode="before")
+    http_port: int = Field(
+        default=8080, ge=0, le=65535, description="the public port of the unsubscribe links"
+    )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="where the public port is reached from outside, for the unsubscribe links "
+        "(default http://<bind host>:<http port>)",
+    )
+    unsubscribe_key: SecretStr = Field(
+        min_length=32, description="HMAC key of the unsubscribe links, from a Secret"
+    )
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_timeout_seconds: float = Field(default=30, gt=0, le=300)
+    mail_from: str = Field(default="Trellis <notifications@trellis.invalid>", min_length=3)
+    mail_retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(60, 300, 1800, 7200, 21600),
+        description="seconds before each retry of a temporary SMTP failure (comma-separated)",
+    )
+    mail_concurrency: int = Field(default=8, ge=1, le=200)
+
+    def public_base_url(self) -> str:
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "") else self.bind_host  # noqa: S104
+        return f"http://{host}:{self.http_port}"
+
+    @field_validator("webhook_retry_schedule", "mail_retry_schedule", mode="before")
     @classmethod
     def _schedule(cls, value: object) -> object:
         if isinstance(value, str):
             value = tuple(float(part) for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("webhook_retry_schedule")
+    @field_validator("webhook_retry_schedule", "mail_retry_schedule")
     @classmethod
     def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if not value or any(delay <= 0 for delay in value):

@@ -8,8 +8,10 @@ from google.protobuf import timestamp_pb2
 
 from crm.notify.v1 import notify_pb2
 from crmkit.errors import Invalid
+from trellis_notify import templates
 from trellis_notify.audience import Suppression
 from trellis_notify.domain import Webhook, WebhookFields
+from trellis_notify.mail_store import Email
 from trellis_notify.store import Attempt, Delivery
 
 _STATUS_TO_PROTO = {
@@ -114,4 +116,75 @@ def suppression_to_proto(entry: Suppression) -> notify_pb2.Suppression:
         email=entry.email, purpose=entry.purpose, reason=_REASONS[entry.reason], detail=entry.detail
     )
     _stamp(msg.create_time, entry.create_time)
+    return msg
+
+
+def template_draft(msg: notify_pb2.Template) -> templates.TemplateFields:
+    return templates.TemplateFields(
+        name=msg.name,
+        purpose=msg.purpose,
+        default_locale=msg.default_locale,
+        contents=tuple(
+            templates.Content(c.locale, c.subject, c.text, c.html) for c in msg.contents
+        ),
+    )
+
+
+def template_to_proto(template: templates.Template) -> notify_pb2.Template:
+    f = template.fields
+    msg = notify_pb2.Template(
+        id=template.id,
+        name=f.name,
+        purpose=f.purpose,
+        default_locale=f.default_locale,
+        contents=[
+            notify_pb2.TemplateContent(locale=c.locale, subject=c.subject, text=c.text, html=c.html)
+            for c in f.contents
+        ],
+        version=template.version,
+        etag=template.etag,
+    )
+    _stamp(msg.create_time, template.create_time)
+    _stamp(msg.update_time, template.update_time)
+    return msg
+
+
+_EMAIL_STATUS_TO_PROTO = {
+    "queued": notify_pb2.EMAIL_STATUS_QUEUED,
+    "sending": notify_pb2.EMAIL_STATUS_QUEUED,
+    "sent": notify_pb2.EMAIL_STATUS_SENT,
+    "suppressed": notify_pb2.EMAIL_STATUS_SUPPRESSED,
+    "bounced": notify_pb2.EMAIL_STATUS_BOUNCED,
+    "failed": notify_pb2.EMAIL_STATUS_FAILED,
+}
+_EMAIL_STATUS_FROM_PROTO: dict[int, str] = {
+    number: name for name, number in _EMAIL_STATUS_TO_PROTO.items() if name != "sending"
+}
+
+
+def email_status_from_proto(number: int, path: str) -> str | None:
+    if number == notify_pb2.EMAIL_STATUS_UNSPECIFIED:
+        return None
+    found = _EMAIL_STATUS_FROM_PROTO.get(number)
+    if found is None:
+        raise Invalid([(path, f"unknown email status {number}")])
+    return found
+
+
+def email_to_proto(email: Email) -> notify_pb2.Email:
+    msg = notify_pb2.Email(
+        id=email.id,
+        template_id=email.template_id,
+        to=email.to,
+        contact_id=email.contact_id,
+        purpose=email.purpose,
+        locale=email.locale,
+        subject=email.subject,
+        status=_EMAIL_STATUS_TO_PROTO[email.status],
+        error=email.error,
+        attempt_count=email.attempts,
+        origin=email.origin,
+    )
+    _stamp(msg.create_time, email.create_time)
+    _stamp(msg.send_time, email.send_time)
     return msg

@@ -15,3 +15,8 @@ WEBHOOK_LATENCY = Histogram(
     "Time from sending a webhook to the end of the answer's head",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+EMAILS = Counter(
+    "trellis_emails",
+    "Email send outcomes: sent, retried, bounced, suppressed, failed",
+    ["outcome"],
+)

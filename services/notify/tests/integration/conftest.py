@@ -20,7 +20,8 @@ from grpc_health.v1 import health_pb2
 from crm.notify.v1 import notify_pb2_grpc
 from crmkit import migrations
 from crmkit.service import serve
-from trellis_devstack.infra import Nats, Postgres
+from trellis_devstack.capture import Mailbox
+from trellis_devstack.infra import Nats, Postgres, free_port
 from trellis_devstack.probes import wait_for_health
 from trellis_notify.app import definition
 
@@ -35,14 +36,28 @@ def notify_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nats]:
     server.stop()
 
 
+# Addresses at this domain are refused for good by the mailbox, as unknown users are.
+BOUNCING = "@bounce.example"
+
+
 @pytest.fixture(scope="session")
-async def service(postgres: Postgres, notify_nats: Nats) -> AsyncIterator[Running]:
+async def mailbox() -> AsyncIterator[Mailbox]:
+    box = Mailbox(free_port(), refuse=lambda address: address.endswith(BOUNCING))
+    await box.start()
+    yield box
+    await box.stop()
+
+
+@pytest.fixture(scope="session")
+async def service(
+    postgres: Postgres, notify_nats: Nats, mailbox: Mailbox
+) -> AsyncIterator[Running]:
     name = f"notify_{uuid.uuid4().hex[:8]}"
     owner_url, app_url = postgres.create_database(name)
     clock = Clock()
     defn = definition(clock=clock)
     await migrations.migrate(owner_url, defn.migrations(), f"{name}_app")
-    settings = settings_for(app_url, notify_nats.url)
+    settings = settings_for(app_url, notify_nats.url, mailbox.port)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(defn, settings, stop))
     address = f"127.0.0.1:{settings.grpc_port}"
@@ -57,6 +72,7 @@ async def service(postgres: Postgres, notify_nats: Nats) -> AsyncIterator[Runnin
             js=nc.jetstream(),
             clock=clock,
             admin_url=postgres.url(name),
+            public_url=settings.public_base_url(),
         )
     finally:
         stop.set()

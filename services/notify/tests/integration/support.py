@@ -51,7 +51,7 @@ class Clock:
         self.frozen = None
 
 
-def settings_for(app_url: str, nats_url: str, **overrides: Any) -> NotifySettings:
+def settings_for(app_url: str, nats_url: str, smtp_port: int, **overrides: Any) -> NotifySettings:
     return NotifySettings.model_validate(
         {
             "database_url": app_url,
@@ -67,6 +67,13 @@ def settings_for(app_url: str, nats_url: str, **overrides: Any) -> NotifySetting
             "webhook_concurrency": 16,
             "webhook_per_endpoint_concurrency": 2,
             "webhook_poll_seconds": 0.2,
+            "http_port": free_port(),
+            "unsubscribe_key": "k" * 40,
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp_port,
+            "smtp_tls": "none",
+            "mail_from": "Trellis Test <notify@test.example>",
+            "mail_retry_schedule": SCHEDULE,
             "NATS_URL": nats_url,
             "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
             **overrides,
@@ -94,6 +101,7 @@ class Running:
     js: JetStreamContext
     clock: Clock
     admin_url: str
+    public_url: str
 
     async def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """Rows as the superuser sees them (every tenant's)."""
