@@ -919,6 +919,7 @@ def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
     assert inbound == {
         ("ingress", "gateway", 8080),
         ("ingress", "gateway", 50050),
+        ("ingress", "notify", 8080),
         ("monitoring", "contacts", 9090),
         ("monitoring", "gateway", 9090),
         ("monitoring", "notify", 9090),
@@ -1156,6 +1157,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
     assert created == {
         fullname("internal-token-signing-key"),
         fullname("bootstrap-admin-key"),
+        fullname("notify-unsubscribe-key"),
         fullname("contacts-db"),
         fullname("gateway-db"),
         fullname("notify-db"),
@@ -1182,7 +1184,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
 
 def test_ingress_reaches_the_gateway(renders: dict[str, Render]) -> None:
     r = renders[PROD]
-    (ingress,) = r.of_kind("Ingress")
+    ingress = r.get("Ingress", fullname("gateway"))
     service = r.get("Service", fullname("gateway"))
     for rule in ingress["spec"]["rules"]:
         for path in rule["http"]["paths"]:

@@ -196,4 +196,5 @@ def new_secrets() -> dict[str, str]:
     return {
         "internalTokenSigningKey": auth.SigningKey.generate("local").pem(),
         "bootstrapAdminKey": secrets.token_urlsafe(48),
+        "notifyUnsubscribeKey": secrets.token_urlsafe(48),
     }

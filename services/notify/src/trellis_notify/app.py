@@ -72,11 +72,12 @@ def definition(
             handler=audience.projection_handler(),
         )
         password = settings.smtp_password
+        smtp_host, smtp_port = settings.smtp_address()
         mailer = Mailer(
             runtime.pool,
             Smtp(
-                host=settings.smtp_host,
-                port=settings.smtp_port,
+                host=smtp_host,
+                port=smtp_port,
                 username=settings.smtp_username,
                 password=password.get_secret_value() if password else None,
                 tls=settings.smtp_tls,

@@ -53,8 +53,11 @@ class NotifySettings(ServiceSettings):
     unsubscribe_key: SecretStr = Field(
         min_length=32, description="HMAC key of the unsubscribe links, from a Secret"
     )
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_server: str = Field(
+        default="127.0.0.1:25",
+        pattern=r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$",
+        description="host:port of the SMTP relay",
+    )
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
@@ -65,6 +68,15 @@ class NotifySettings(ServiceSettings):
         description="seconds before each retry of a temporary SMTP failure (comma-separated)",
     )
     mail_concurrency: int = Field(default=8, ge=1, le=200)
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _unset(cls, value: object) -> object:
+        return value or None  # an empty variable (devstack's) means the default
+
+    def smtp_address(self) -> tuple[str, int]:
+        host, _, port = self.smtp_server.rpartition(":")
+        return host, int(port)
 
     def public_base_url(self) -> str:
         if self.public_url:
