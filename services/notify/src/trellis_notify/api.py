@@ -20,7 +20,18 @@ from crmkit import db, paging
 from crmkit.context import caller
 from crmkit.errors import Invalid, NotFound, invalid_field
 from crmkit.ids import canonical_uuid
-from trellis_notify import audience, domain, mail_store, mapping, replay, signing, store, templates
+from trellis_notify import (
+    audience,
+    domain,
+    mail_store,
+    mapping,
+    replay,
+    rule_store,
+    rules,
+    signing,
+    store,
+    templates,
+)
 from trellis_notify.config import NotifySettings
 from trellis_notify.queue import Clock
 from trellis_notify.unsubscribe import Links
@@ -34,12 +45,14 @@ def _mask(update_mask: Sequence[str], record: Message) -> list[str]:
     return domain.resolve_mask(paths)
 
 
-def _template_mask(update_mask: Sequence[str], record: Message) -> list[str]:
+def _fields_mask(
+    update_mask: Sequence[str], record: Message, writable: frozenset[str], output: frozenset[str]
+) -> list[str]:
     paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    unknown = [p for p in paths if p not in templates.WRITABLE | templates.OUTPUT_ONLY]
+    unknown = [p for p in paths if p not in writable | output]
     if unknown:
         raise Invalid([("update_mask", f"unknown field {p!r}") for p in unknown])
-    return [p for p in dict.fromkeys(paths) if p in templates.WRITABLE]
+    return [p for p in dict.fromkeys(paths) if p in writable]
 
 
 def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
@@ -277,7 +290,9 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateTemplate(
         self, request: notify_pb2.UpdateTemplateRequest, context: Ctx
     ) -> notify_pb2.Template:
-        paths = _template_mask(request.update_mask, request.template)
+        paths = _fields_mask(
+            request.update_mask, request.template, templates.WRITABLE, templates.OUTPUT_ONLY
+        )
         draft = templates.normalize(mapping.template_draft(request.template), paths)
         updated = await mail_store.update_template(
             self._pool, caller().tenant_id, request.id, draft, paths, request.etag
@@ -369,6 +384,48 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
             [mapping.email_to_proto(e) for e in rows], size, lambda e: [e.id], filters
         )
         return notify_pb2.ListEmailsResponse(emails=page, next_page_token=token)
+
+    # --- rules ----------------------------------------------------------------------------------
+
+    async def CreateRule(
+        self, request: notify_pb2.CreateRuleRequest, context: Ctx
+    ) -> notify_pb2.Rule:
+        fields = rules.normalize(mapping.rule_draft(request.rule), rules.WRITABLE)
+        made = await rule_store.create_rule(self._pool, caller().tenant_id, fields)
+        return mapping.rule_to_proto(made)
+
+    async def GetRule(self, request: notify_pb2.GetRuleRequest, context: Ctx) -> notify_pb2.Rule:
+        return mapping.rule_to_proto(
+            await rule_store.get_rule(self._pool, caller().tenant_id, request.id)
+        )
+
+    async def ListRules(
+        self, request: notify_pb2.ListRulesRequest, context: Ctx
+    ) -> notify_pb2.ListRulesResponse:
+        size = paging.page_size(request.page_size)
+        filters: dict[str, object] = {}
+        after = _after_id(request.page_token, filters)
+        rows = await rule_store.list_rules(self._pool, caller().tenant_id, after, size + 1)
+        page, token = paging.next_page(
+            [mapping.rule_to_proto(r) for r in rows], size, lambda r: [r.id], filters
+        )
+        return notify_pb2.ListRulesResponse(rules=page, next_page_token=token)
+
+    async def UpdateRule(
+        self, request: notify_pb2.UpdateRuleRequest, context: Ctx
+    ) -> notify_pb2.Rule:
+        paths = _fields_mask(request.update_mask, request.rule, rules.WRITABLE, rules.OUTPUT_ONLY)
+        draft = rules.normalize(mapping.rule_draft(request.rule), paths)
+        updated = await rule_store.update_rule(
+            self._pool, caller().tenant_id, request.id, draft, paths, request.etag
+        )
+        return mapping.rule_to_proto(updated)
+
+    async def DeleteRule(
+        self, request: notify_pb2.DeleteRuleRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        await rule_store.delete_rule(self._pool, caller().tenant_id, request.id, request.etag)
+        return empty_pb2.Empty()
 
 
 def _object(given: dict[str, Any], key: str) -> dict[str, Any]:

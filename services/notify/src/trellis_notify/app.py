@@ -11,7 +11,7 @@ from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit.consumer import Consumer
 from crmkit.migrations import migrations_dir
 from crmkit.service import Runtime, ServiceDefinition, Worker
-from trellis_notify import audience, events, unsubscribe
+from trellis_notify import audience, events, rule_store, unsubscribe
 from trellis_notify.api import NotifyApi
 from trellis_notify.config import NotifySettings
 from trellis_notify.dispatcher import Dispatcher
@@ -94,7 +94,14 @@ def definition(
         public = PublicHttp(
             unsubscribe.routes(links, runtime.pool), settings.bind_host, settings.http_port
         )
-        return [fanout, projection, dispatcher, mailer, public]
+        firing = Consumer(
+            runtime.js,
+            runtime.pool,
+            name="notify-rules",
+            filter_subjects=[events.EVERY_EVENT],
+            handler=rule_store.firing(links, clock),
+        )
+        return [fanout, projection, firing, dispatcher, mailer, public]
 
     return ServiceDefinition(
         name="notify",

@@ -98,24 +98,28 @@ def normalize_webhook(
     if "description" in paths:
         changes["description"] = text.one_line(draft.description, f"{prefix}.description", out)
     if "event_types" in paths:
-        changes["event_types"] = _patterns(draft.event_types, f"{prefix}.event_types", out)
+        changes["event_types"] = patterns(draft.event_types, f"{prefix}.event_types", out)
     if out:
         raise Invalid(out)
     return replace(draft, **changes)
 
 
-def _patterns(values: Sequence[str], path: str, out: list[Violation]) -> tuple[str, ...]:
+def pattern(value: str, path: str, out: list[Violation]) -> str:
+    """One CloudEvents type pattern, trimmed and checked."""
+    value = value.strip()
+    if not _PATTERN.fullmatch(value):
+        out.append((path, "lower-case letters, digits, '_', '.' and '*' only, not empty"))
+    return value
+
+
+def patterns(values: Sequence[str], path: str, out: list[Violation]) -> tuple[str, ...]:
     if not values:
         out.append((path, 'needs at least one event type pattern, e.g. "*" for every event'))
     kept: list[str] = []
     for i, raw in enumerate(values):
-        pattern = raw.strip()
-        if not _PATTERN.fullmatch(pattern):
-            out.append(
-                (f"{path}[{i}]", "lower-case letters, digits, '_', '.' and '*' only, not empty")
-            )
-        elif pattern not in kept:
-            kept.append(pattern)
+        found = pattern(raw, f"{path}[{i}]", out)
+        if found not in kept:
+            kept.append(found)
     return tuple(kept)
 
 

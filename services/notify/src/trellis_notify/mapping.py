@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
 from crm.notify.v1 import notify_pb2
 from crmkit.errors import Invalid
-from trellis_notify import templates
+from trellis_notify import rules, templates
 from trellis_notify.audience import Suppression
 from trellis_notify.domain import Webhook, WebhookFields
 from trellis_notify.mail_store import Email
@@ -187,4 +188,79 @@ def email_to_proto(email: Email) -> notify_pb2.Email:
     )
     _stamp(msg.create_time, email.create_time)
     _stamp(msg.send_time, email.send_time)
+    return msg
+
+
+_OPERATOR = "CONDITION_OPERATOR_"
+_RECIPIENT = "RECIPIENT_KIND_"
+
+
+def _member(name: str, prefix: str, kind: type[rules.Operator] | type[rules.Recipient]) -> Any:
+    return kind.__members__.get(name.removeprefix(prefix))
+
+
+def rule_draft(msg: notify_pb2.Rule) -> rules.RuleFields:
+    def operator(number: notify_pb2.ConditionOperator.ValueType) -> rules.Operator | None:
+        try:
+            found: rules.Operator | None = _member(
+                notify_pb2.ConditionOperator.Name(number), _OPERATOR, rules.Operator
+            )
+        except ValueError:  # proto3 enums are open: any number can arrive
+            return None
+        return found
+
+    try:
+        recipient: rules.Recipient | None = _member(
+            notify_pb2.RecipientKind.Name(msg.action.recipient), _RECIPIENT, rules.Recipient
+        )
+    except ValueError:
+        recipient = None
+    return rules.RuleFields(
+        name=msg.name,
+        event_type=msg.event_type,
+        conditions=tuple(
+            rules.Condition(c.field, operator(c.operator), tuple(c.values)) for c in msg.conditions
+        ),
+        action=rules.Action(
+            template_id=msg.action.template_id,
+            recipient=recipient,
+            address=msg.action.address,
+            contact_field=msg.action.contact_field,
+            webhook_id=msg.action.webhook_id,
+        ),
+        disabled=msg.disabled,
+    )
+
+
+def rule_to_proto(rule: rules.Rule) -> notify_pb2.Rule:
+    f, action = rule.fields, rule.fields.action
+    msg = notify_pb2.Rule(
+        id=rule.id,
+        name=f.name,
+        event_type=f.event_type,
+        conditions=[
+            notify_pb2.Condition(
+                field=c.field,
+                operator=notify_pb2.ConditionOperator.Value(
+                    _OPERATOR + (c.operator.name if c.operator else "UNSPECIFIED")
+                ),
+                values=c.values,
+            )
+            for c in f.conditions
+        ],
+        action=notify_pb2.RuleAction(
+            template_id=action.template_id,
+            recipient=notify_pb2.RecipientKind.Value(
+                _RECIPIENT + (action.recipient.name if action.recipient else "UNSPECIFIED")
+            ),
+            address=action.address,
+            contact_field=action.contact_field,
+            webhook_id=action.webhook_id,
+        ),
+        disabled=f.disabled,
+        version=rule.version,
+        etag=rule.etag,
+    )
+    _stamp(msg.create_time, rule.create_time)
+    _stamp(msg.update_time, rule.update_time)
     return msg

@@ -336,6 +336,13 @@ async def _enqueue(
     return _delivery(row)
 
 
+async def enqueue_delivery(
+    conn: db.Conn, event: Event, webhook_id: str, body: bytes, at: datetime
+) -> Delivery:
+    """Queue one event for one endpoint in the caller's transaction (a rule's webhook call)."""
+    return await _enqueue(conn, event.tenant_id, webhook_id, event, body, at)
+
+
 async def enqueue_event(conn: db.Conn, event: Event, at: datetime) -> int:
     """Queue `event` for each enabled endpoint of its tenant whose event types match it (the
     consumer's handler, in its transaction); how many were queued."""

@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import TemplateError, TemplateSyntaxError
+from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from crmkit import text
@@ -28,8 +28,14 @@ Violation = tuple[str, str]
 MAX_RENDERED_CHARS = 1_000_000
 _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
 
-_TEXT = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
-_HTML = SandboxedEnvironment(autoescape=True, keep_trailing_newline=True)
+# A value an event does not carry renders empty, however deep the path ({{ event.deal.name }}
+# on a ticket's event): one template serves events that differ in what they hold.
+_TEXT = SandboxedEnvironment(
+    autoescape=False, keep_trailing_newline=True, undefined=ChainableUndefined
+)
+_HTML = SandboxedEnvironment(
+    autoescape=True, keep_trailing_newline=True, undefined=ChainableUndefined
+)
 
 
 class RenderError(ValueError):

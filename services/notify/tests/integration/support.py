@@ -143,9 +143,14 @@ async def publish(
     entity: str = "contact",
     action: str = "updated",
     data: dict[str, Any] | None = None,
+    event_id: str | None = None,
+    msg_id: str | None = None,
 ) -> str:
-    """An event on the bus as the outbox relay of another service publishes it; its id."""
-    event_id = new_id()
+    """An event on the bus as the outbox relay of another service publishes it; its id.
+
+    `event_id` publishes an event again; `msg_id` (the stream's dedupe id) makes the stream
+    take it again, as a re-publish after the dedupe window or a re-drive would be."""
+    event_id = event_id or new_id()
     record = record_id or new_id()
     headers = bus.ce_headers(
         event_id=event_id,
@@ -157,6 +162,8 @@ async def publish(
         record_version=version,
         dataschema=f"urn:trellis:schema:crm.{domain}.v1.Test",
     )
+    if msg_id:
+        headers["Nats-Msg-Id"] = msg_id
     body = json.dumps(data if data is not None else {"id": record, "version": str(version)})
     await js.publish(
         bus.event_subject(tenant_id, domain, entity, action), body.encode(), headers=headers
