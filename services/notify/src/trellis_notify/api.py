@@ -22,6 +22,7 @@ from crmkit.errors import Invalid, NotFound, invalid_field
 from crmkit.ids import canonical_uuid
 from trellis_notify import (
     audience,
+    campaigns,
     domain,
     mail_store,
     mapping,
@@ -426,6 +427,79 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> empty_pb2.Empty:
         await rule_store.delete_rule(self._pool, caller().tenant_id, request.id, request.etag)
         return empty_pb2.Empty()
+
+    # --- campaigns ------------------------------------------------------------------------------
+
+    async def CreateCampaign(
+        self, request: notify_pb2.CreateCampaignRequest, context: Ctx
+    ) -> notify_pb2.Campaign:
+        msg = request.campaign
+        schedule = None
+        if msg.HasField("schedule_time"):
+            try:
+                schedule = msg.schedule_time.ToDatetime(UTC)
+            except ValueError:
+                raise invalid_field("campaign.schedule_time", "not a valid time") from None
+        fields = campaigns.new_campaign(
+            name=msg.name,
+            template_id=msg.template_id,
+            audience=mapping.audience_draft(msg.audience),
+            schedule_time=schedule,
+            rate_per_minute=msg.rate_per_minute,
+        )
+        made = await campaigns.create(self._pool, caller().tenant_id, fields, self._clock())
+        return mapping.campaign_to_proto(made)
+
+    async def GetCampaign(
+        self, request: notify_pb2.GetCampaignRequest, context: Ctx
+    ) -> notify_pb2.Campaign:
+        return mapping.campaign_to_proto(
+            await campaigns.get(self._pool, caller().tenant_id, request.id)
+        )
+
+    async def ListCampaigns(
+        self, request: notify_pb2.ListCampaignsRequest, context: Ctx
+    ) -> notify_pb2.ListCampaignsResponse:
+        size = paging.page_size(request.page_size)
+        filters: dict[str, object] = {}
+        after = _after_id(request.page_token, filters)
+        rows = await campaigns.list_campaigns(self._pool, caller().tenant_id, after, size + 1)
+        page, token = paging.next_page(
+            [mapping.campaign_to_proto(c) for c in rows], size, lambda c: [c.id], filters
+        )
+        return notify_pb2.ListCampaignsResponse(campaigns=page, next_page_token=token)
+
+    async def PauseCampaign(
+        self, request: notify_pb2.PauseCampaignRequest, context: Ctx
+    ) -> notify_pb2.Campaign:
+        moved = await campaigns.move(self._pool, caller().tenant_id, request.id, "pause")
+        return mapping.campaign_to_proto(moved)
+
+    async def ResumeCampaign(
+        self, request: notify_pb2.ResumeCampaignRequest, context: Ctx
+    ) -> notify_pb2.Campaign:
+        moved = await campaigns.move(self._pool, caller().tenant_id, request.id, "resume")
+        return mapping.campaign_to_proto(moved)
+
+    async def CancelCampaign(
+        self, request: notify_pb2.CancelCampaignRequest, context: Ctx
+    ) -> notify_pb2.Campaign:
+        moved = await campaigns.move(self._pool, caller().tenant_id, request.id, "cancel")
+        return mapping.campaign_to_proto(moved)
+
+    async def ListCampaignRecipients(
+        self, request: notify_pb2.ListCampaignRecipientsRequest, context: Ctx
+    ) -> notify_pb2.ListCampaignRecipientsResponse:
+        size = paging.page_size(request.page_size)
+        filters: dict[str, object] = {"campaign_id": request.campaign_id}
+        after = _after_id(request.page_token, filters)
+        rows = await campaigns.recipients(
+            self._pool, caller().tenant_id, request.campaign_id, after, size + 1
+        )
+        page, token = paging.next_page(
+            [mapping.recipient_to_proto(r) for r in rows], size, lambda r: [r.contact_id], filters
+        )
+        return notify_pb2.ListCampaignRecipientsResponse(recipients=page, next_page_token=token)
 
 
 def _object(given: dict[str, Any], key: str) -> dict[str, Any]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver
 
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
+from crmkit.client import Callee
 from crmkit.consumer import Consumer
 from crmkit.migrations import migrations_dir
+from crmkit.periodic import Periodic
 from crmkit.service import Runtime, ServiceDefinition, Worker
-from trellis_notify import audience, events, rule_store, unsubscribe
+from trellis_notify import audience, campaigns, events, rule_store, unsubscribe
 from trellis_notify.api import NotifyApi
 from trellis_notify.config import NotifySettings
 from trellis_notify.dispatcher import Dispatcher
@@ -21,8 +24,22 @@ from trellis_notify.queue import Clock, utc_now
 from trellis_notify.sender import Sender
 from trellis_notify.unsubscribe import Links, PublicHttp
 
+log = logging.getLogger(__name__)
+
 # Packaged in the wheel (the image); services/notify/migrations in a source checkout.
 MIGRATIONS = migrations_dir(__file__)
+
+
+def _contacts(runtime: Runtime, settings: NotifySettings) -> campaigns.ListPage | None:
+    """How campaigns read a filter's contacts: the contacts service, called as notify itself
+    (NOTIFY_CONTACTS_ADDR, INTERNAL_TOKEN_PRIVATE_KEY); None when either is missing."""
+    address, key = settings.callees().get("contacts"), settings.signing_key()
+    if address is None or key is None:
+        log.warning("no contacts service or own key: campaigns by filter cannot be resolved")
+        return None
+    contacts = Callee("contacts", address, settings.contacts_timeout_seconds, own_key=key)
+    runtime.on_stop.append(contacts.close)
+    return campaigns.contacts_lister(contacts)
 
 
 def definition(
@@ -101,7 +118,9 @@ def definition(
             filter_subjects=[events.EVERY_EVENT],
             handler=rule_store.firing(links, clock),
         )
-        return [fanout, projection, firing, dispatcher, mailer, public]
+        runner = campaigns.CampaignRunner(runtime.pool, links, _contacts(runtime, settings), clock)
+        ticker = Periodic("campaigns", settings.campaign_tick_seconds, runner.tick)
+        return [fanout, projection, firing, dispatcher, mailer, public, ticker]
 
     return ServiceDefinition(
         name="notify",

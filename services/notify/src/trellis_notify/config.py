@@ -68,6 +68,8 @@ class NotifySettings(ServiceSettings):
         description="seconds before each retry of a temporary SMTP failure (comma-separated)",
     )
     mail_concurrency: int = Field(default=8, ge=1, le=200)
+    campaign_tick_seconds: float = Field(default=1.0, gt=0, le=60)
+    contacts_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("public_url", mode="before")
     @classmethod

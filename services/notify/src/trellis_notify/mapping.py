@@ -9,7 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from crm.notify.v1 import notify_pb2
 from crmkit.errors import Invalid
-from trellis_notify import rules, templates
+from trellis_notify import campaigns, rules, templates
 from trellis_notify.audience import Suppression
 from trellis_notify.domain import Webhook, WebhookFields
 from trellis_notify.mail_store import Email
@@ -264,3 +264,56 @@ def rule_to_proto(rule: rules.Rule) -> notify_pb2.Rule:
     _stamp(msg.create_time, rule.create_time)
     _stamp(msg.update_time, rule.update_time)
     return msg
+
+
+_CAMPAIGN_STATES = {
+    "scheduled": notify_pb2.CAMPAIGN_STATE_SCHEDULED,
+    "running": notify_pb2.CAMPAIGN_STATE_RUNNING,
+    "paused": notify_pb2.CAMPAIGN_STATE_PAUSED,
+    "completed": notify_pb2.CAMPAIGN_STATE_COMPLETED,
+    "cancelled": notify_pb2.CAMPAIGN_STATE_CANCELLED,
+}
+
+
+def audience_draft(msg: notify_pb2.Audience) -> campaigns.Audience:
+    return campaigns.Audience(
+        contact_ids=tuple(msg.contact_ids),
+        tag=msg.tag,
+        company_id=msg.company_id,
+        lifecycle_stage=msg.lifecycle_stage,
+    )
+
+
+def campaign_to_proto(campaign: campaigns.Campaign) -> notify_pb2.Campaign:
+    f, a, t = campaign.fields, campaign.fields.audience, campaign.totals
+    msg = notify_pb2.Campaign(
+        id=campaign.id,
+        name=f.name,
+        template_id=f.template_id,
+        audience=notify_pb2.Audience(
+            contact_ids=a.contact_ids,
+            tag=a.tag,
+            company_id=a.company_id,
+            lifecycle_stage=a.lifecycle_stage,
+        ),
+        rate_per_minute=f.rate_per_minute,
+        state=_CAMPAIGN_STATES[campaign.state],
+        totals=notify_pb2.CampaignTotals(
+            recipients=t.recipients, pending=t.pending, queued=t.queued, skipped=t.skipped
+        ),
+        error=campaign.error,
+        version=campaign.version,
+    )
+    _stamp(msg.schedule_time, f.schedule_time)
+    _stamp(msg.create_time, campaign.create_time)
+    _stamp(msg.update_time, campaign.update_time)
+    return msg
+
+
+def recipient_to_proto(recipient: campaigns.Recipient) -> notify_pb2.CampaignRecipient:
+    return notify_pb2.CampaignRecipient(
+        contact_id=recipient.contact_id,
+        status=recipient.status,
+        email_id=recipient.email_id,
+        reason=recipient.reason,
+    )

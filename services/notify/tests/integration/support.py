@@ -17,6 +17,7 @@ import psycopg
 from aiohttp import web
 from nats.js import JetStreamContext
 
+from crm.contacts.v1 import contacts_pb2_grpc
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit import auth, bus
 from crmkit.context import Identity
@@ -25,6 +26,8 @@ from trellis_devstack.infra import free_port
 from trellis_notify.config import NotifySettings
 
 KEY = auth.SigningKey.generate("gateway-test")
+# notify's own key: it calls contacts as itself for campaigns, within contacts:read.
+NOTIFY_KEY = auth.SigningKey.generate("notify-test")
 READ_WRITE = ("notify:read", "notify:write")
 # Short, so retries happen within a test; jitter as in production.
 SCHEDULE = "0.5,1,2"
@@ -90,6 +93,12 @@ class Tenant:
 
     def md(self, *scopes: str) -> tuple[tuple[str, str]]:
         return ((auth.METADATA_KEY, token(self.id, scopes or READ_WRITE)),)
+
+
+@dataclass
+class Contacts:
+    address: str
+    stub: contacts_pb2_grpc.ContactsServiceAsyncStub
 
 
 @dataclass
