@@ -415,7 +415,7 @@ TEMPLATE_REJECTS = [
     pytest.param(
         {"services": {"gateway": {"env": {"INTERNAL_TOKEN_KEY_ID": "gateway-2"}}}},
         'services.gateway.env.INTERNAL_TOKEN_KEY_ID: "gateway-2" is not a kid of '
-        "internalToken.publicKeys (gateway-1): every token it signs would be refused",
+        "internalToken.publicKeys (gateway-1, notify-1): every token it signs would be refused",
         id="signing-key-not-trusted",
     ),
 ]
@@ -914,6 +914,7 @@ def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
     assert internal == {
         ("gateway", "contacts", 50051),
         ("gateway", "notify", 50051),
+        ("notify", "contacts", 50051),
         ("test", "gateway", 8080),
     }
     assert inbound == {
@@ -948,7 +949,7 @@ ECHO = {
             "callers": ["gateway"],
             "database": {"appRole": "echo_app"},
         },
-        "contacts": {"callers": ["gateway", "echo"]},
+        "contacts": {"callers": ["gateway", "notify", "echo"]},
     }
 }
 
@@ -1158,6 +1159,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
         fullname("internal-token-signing-key"),
         fullname("bootstrap-admin-key"),
         fullname("notify-unsubscribe-key"),
+        fullname("notify-token-signing-key"),
         fullname("contacts-db"),
         fullname("gateway-db"),
         fullname("notify-db"),
@@ -1333,12 +1335,12 @@ def processes(r: Render) -> Iterator[tuple[str, Manifest]]:
                 yield owner["metadata"]["name"], c
 
 
-def signing_key_ref(r: Render) -> dict[str, Any]:
-    entry = r.values["secrets"]["internalTokenSigningKey"]
+def signing_key_ref(r: Render, entry_name: str = "internalTokenSigningKey") -> dict[str, Any]:
+    entry = r.values["secrets"][entry_name]
     name = entry["existingSecret"] if entry["existingSecret"] and not entry["create"] else None
     return {
         "secretKeyRef": {
-            "name": name or fullname(kebab("internalTokenSigningKey")),
+            "name": name or fullname(kebab(entry_name)),
             "key": entry["key"],
         }
     }
@@ -1381,17 +1383,22 @@ def test_the_ci_keys_are_what_the_services_accept(value_set: str) -> None:
 
 
 @pytest.mark.parametrize("value_set", CI_SETS)
-def test_only_the_gateway_signs(renders: dict[str, Render], value_set: str) -> None:
+def test_only_the_gateway_and_notify_sign(renders: dict[str, Render], value_set: str) -> None:
     r = renders[value_set]
     signers = {}
     for owner, c in processes(r):
         env = container_env(r, c)
         if PRIVATE_KEY in env:
             signers[owner] = env[PRIVATE_KEY]
-    # the gateway's Deployment, from the Secret of secrets.internalTokenSigningKey; not its
-    # migration Job, which signs nothing
-    assert signers == {fullname("gateway"): signing_key_ref(r)}
+    # the gateway's Deployment, from the Secret of secrets.internalTokenSigningKey, and
+    # notify's (its own key, for campaigns) from secrets.notifyTokenSigningKey; not their
+    # migration Jobs, which sign nothing
+    assert signers == {
+        fullname("gateway"): signing_key_ref(r),
+        fullname("notify"): signing_key_ref(r, "notifyTokenSigningKey"),
+    }
     assert r.get("ConfigMap", fullname("gateway"))["data"][KEY_ID] == "gateway-1"
+    assert r.get("ConfigMap", fullname("notify"))["data"][KEY_ID] == "notify-1"
     ref = signing_key_ref(r)["secretKeyRef"]
     if r.has("Secret", ref["name"]):
         created = base64.b64decode(r.get("Secret", ref["name"])["data"][ref["key"]]).decode()
@@ -1451,9 +1458,9 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
     """docs/operations.md's rotation, on the chart-created key of ci/minimal.yaml: trust the new
     key everywhere, switch the gateway to it, stop trusting the old one."""
     base = load_values("minimal")
-    old_jwk = json.loads(TRUSTED_JWKS)["keys"][0]
+    old_jwk, notify_jwk = json.loads(TRUSTED_JWKS)["keys"]  # notify's own key stays
     new = auth.SigningKey.generate("gateway-2")
-    both = auth.jwks(old_jwk, new.public_jwk())
+    both = auth.jwks(old_jwk, new.public_jwk(), notify_jwk)
     steps: list[dict[str, Any]] = [
         {"internalToken": {"publicKeys": both}},
         {
@@ -1462,7 +1469,7 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
             "services": {"gateway": {"env": {KEY_ID: "gateway-2"}}},
         },
         {
-            "internalToken": {"publicKeys": auth.jwks(new.public_jwk())},
+            "internalToken": {"publicKeys": auth.jwks(new.public_jwk(), notify_jwk)},
             "secrets": {"internalTokenSigningKey": {"value": new.pem()}},
             "services": {"gateway": {"env": {KEY_ID: "gateway-2"}}},
         },
@@ -1481,5 +1488,8 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
     # the JWKS rolls every service; the gateway's key and key id roll the gateway alone
     every = set(services(before))
     assert rolled == [every, {"gateway"}, every]
-    assert "the services trust\nthe keys gateway-2 (internalToken.publicKeys)" in before.notes
+    assert (
+        "the services trust\nthe keys gateway-2, notify-1 (internalToken.publicKeys)"
+        in before.notes
+    )
     assert "signed by the gateway with key gateway-2" in before.notes
