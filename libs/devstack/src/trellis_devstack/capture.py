@@ -34,6 +34,7 @@ class Mailbox:
     folder: Path | None = None
     refuse: Callable[[str], bool] = lambda address: False
     messages: list[EmailMessage] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # each message as it came over the wire
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _server: asyncio.Server | None = None
 
@@ -50,6 +51,7 @@ class Mailbox:
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         self.messages.append(message)
+        self.raw.append(raw)
         self.arrived.set()
         if self.folder is not None:
             path = self.folder / f"{time.time_ns()}.eml"

@@ -14,8 +14,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+import email.policy
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import formatdate, parseaddr
 
 import aiosmtplib
 
@@ -42,8 +43,13 @@ class Smtp:
     message_id_domain: str
 
 
+# SMTP's line length (RFC 5322: 998): the default policy would fold a long header at 78 and
+# write an unsubscribe URL as an encoded word, which RFC 2369 headers must not be.
+_POLICY = email.policy.SMTP.clone(max_line_length=998)
+
+
 def message(email: Outgoing, smtp: Smtp, unsubscribe_url: str) -> EmailMessage:
-    msg = EmailMessage()
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = smtp.sender
     msg["To"] = email.to
     msg["Subject"] = email.subject
@@ -93,8 +99,11 @@ class Mailer(QueueWorker[Claim]):
         attempts = email.attempts + 1
         smtp = self._smtp
         try:
+            # Flattened here, with our policy: aiosmtplib's own would fold the headers at 78.
             await aiosmtplib.send(
-                message(email, smtp, self._links.url(item.tenant_id, item.id)),
+                message(email, smtp, self._links.url(item.tenant_id, item.id)).as_bytes(),
+                sender=parseaddr(smtp.sender)[1],
+                recipients=[email.to],
                 hostname=smtp.host,
                 port=smtp.port,
                 username=smtp.username,

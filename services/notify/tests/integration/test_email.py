@@ -100,6 +100,9 @@ async def test_a_template_is_sent_to_a_contact_with_one_click_unsubscribe(
     assert mail["Message-ID"] == f"<{queued.id}@127.0.0.1>"
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     link = mail["List-Unsubscribe"].strip("<>")
+    # As sent: angle brackets around the plain URL, one line (no encoded word, no folding).
+    [raw] = [r for r in mailbox.raw if address.encode() in r]
+    assert f"List-Unsubscribe: <{link}>\r\n".encode() in raw
     assert link.startswith(f"{service.public_url}/unsubscribe/")
     plain, rich = mail.get_body(("plain",)), mail.get_body(("html",))
     assert plain is not None
