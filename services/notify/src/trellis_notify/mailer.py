@@ -10,11 +10,11 @@ id, so a receiver can tell a retry from a second email.
 
 from __future__ import annotations
 
+import email.policy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-import email.policy
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 
