@@ -414,3 +414,29 @@ async def test_templates_update_with_etags_and_page(service: Running, tenant: Te
         notify_pb2.ListTemplatesRequest(), metadata=tenant.md()
     )
     assert list(listed.templates) == []
+
+
+async def test_a_mail_server_that_is_down_is_retried(
+    service: Running, tenant: Tenant, mailbox: Mailbox
+) -> None:
+    template = await _template(service, tenant)
+    address = f"dee.{new_id()[-8:]}@example.com"
+    await mailbox.stop()
+    try:
+        queued = await _send(service, tenant, template_id=template.id, to=address)
+        retried = await eventually(
+            lambda: _attempted(service, tenant, queued.id), what="a failed attempt"
+        )
+        assert retried.status == notify_pb2.EMAIL_STATUS_QUEUED
+        assert retried.error
+    finally:
+        await mailbox.start()
+    await eventually(
+        lambda: _status(service, tenant, queued.id, notify_pb2.EMAIL_STATUS_SENT), what="sent"
+    )
+    assert len(mailbox.to(address)) == 1
+
+
+async def _attempted(service: Running, tenant: Tenant, email_id: str) -> notify_pb2.Email | None:
+    got = await service.stub.GetEmail(notify_pb2.GetEmailRequest(id=email_id), metadata=tenant.md())
+    return got if got.attempt_count >= 1 else None
