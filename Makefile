@@ -11,14 +11,14 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: run test lint fmt typecheck proto proto-lint proto-breaking bench setup system-tools bench-tools clean
+.PHONY: run test lint fmt typecheck proto docs third-party proto-lint proto-breaking bench setup system-tools bench-tools clean
 
 ## run: start the whole platform locally (embedded PostgreSQL and NATS, all services, a demo tenant)
 run: setup
 	$(PY) -m trellis_devstack run
 
 ## test: lint, type-check, proto checks and the whole test suite against real PostgreSQL and NATS
-test: setup system-tools lint typecheck proto-lint
+test: setup third-party system-tools lint typecheck proto-lint
 	$(PY) -m pytest -q
 
 # Command-line tools from Debian packages: installed when missing and we may (root), otherwise
@@ -29,6 +29,15 @@ define debian_tool
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
 	  else echo "$(1) is missing: install it (Debian/Ubuntu: sudo apt-get install $(2))"; exit 1; fi; }
 endef
+
+# The official AsyncAPI 3.0 JSON Schema, for validating our catalogue in tests: no package
+# installs it, one source distribution carries it; downloaded, never committed.
+THIRD_PARTY := build/third_party
+ASYNCAPI_SDIST := asyncapi-python-parser-jonaslagoni==0.5.0
+third-party: $(THIRD_PARTY)/.stamp
+$(THIRD_PARTY)/.stamp: | $(UV)
+	.tools/bin/pip download --quiet --no-deps --no-binary :all: --dest $(THIRD_PARTY) $(ASYNCAPI_SDIST)
+	touch $@
 
 system-tools:
 	$(call debian_tool,promtool,prometheus)
@@ -60,6 +69,10 @@ $(GEN)/.stamp: $(VENV)/.synced $(PROTOS)
 	touch $@
 
 proto: $(GEN)/.stamp
+
+## docs: rewrite the reference tables of the READMEs from the protos and the declaration
+docs: setup
+	$(PY) -m trellis_devstack docs
 
 proto-lint: $(VENV)/.synced
 	$(BIN)/buf lint

@@ -58,6 +58,7 @@ from tests.chart.conftest import (
     render_chart,
     validate_custom_resource,
 )
+from trellis_devstack import declaration
 
 CHART_META: dict[str, Any] = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
 APP_VERSION = str(CHART_META["appVersion"])
@@ -344,8 +345,8 @@ SCHEMA_REJECTS = [
         id="bad-service-name",
     ),
     pytest.param(
-        {"services": {"sales": {"image": {"repository": "sales"}}}},
-        "at '/services/sales': missing properties 'ports', 'probes'",
+        {"services": {"billing": {"image": {"repository": "billing"}}}},
+        "at '/services/billing': missing properties 'ports', 'probes'",
         id="incomplete-service",
     ),
 ]
@@ -913,6 +914,10 @@ def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
     internal, inbound, _ = expected_edges(renders[PROD])
     assert internal == {
         ("gateway", "contacts", 50051),
+        ("gateway", "sales", 50051),
+        ("sales", "contacts", 50051),
+        ("gateway", "support", 50051),
+        ("support", "contacts", 50051),
         ("gateway", "notify", 50051),
         ("notify", "contacts", 50051),
         ("test", "gateway", 8080),
@@ -922,7 +927,9 @@ def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
         ("ingress", "gateway", 50050),
         ("ingress", "notify", 8080),
         ("monitoring", "contacts", 9090),
+        ("monitoring", "support", 9090),
         ("monitoring", "gateway", 9090),
+        ("monitoring", "sales", 9090),
         ("monitoring", "notify", 9090),
     }
     check_edges(renders[PROD])
@@ -939,7 +946,7 @@ def test_an_undeclared_edge_is_caught(renders: dict[str, Render]) -> None:
 
 
 # A throwaway service, declared as any new one is: its values entry (the gateway calls it, it
-# has its own database) and its name in the callers of the service it calls (contacts).
+# has its own database) and its name added to the callers of the service it calls (contacts).
 ECHO = {
     "services": {
         "echo": {
@@ -949,7 +956,7 @@ ECHO = {
             "callers": ["gateway"],
             "database": {"appRole": "echo_app"},
         },
-        "contacts": {"callers": ["gateway", "notify", "echo"]},
+        "contacts": {"callers": [*declaration.load().services["contacts"].callers, "echo"]},
     }
 }
 
@@ -1160,9 +1167,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
         fullname("bootstrap-admin-key"),
         fullname("notify-unsubscribe-key"),
         fullname("notify-token-signing-key"),
-        fullname("contacts-db"),
-        fullname("gateway-db"),
-        fullname("notify-db"),
+        *(fullname(f"{name}-db") for name in declaration.load().services),
     }
     # a created database Secret holds the app URL only; the owner URL goes to the migration
     assert set(minimal.get("Secret", fullname("contacts-db"))["data"]) == {"url"}
@@ -1486,7 +1491,7 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
         rolled.append({name for name in now if now[name] != old[name]})
         before = after
     # the JWKS rolls every service; the gateway's key and key id roll the gateway alone
-    every = set(services(before))
+    every = set(declaration.load().services)
     assert rolled == [every, {"gateway"}, every]
     assert (
         "the services trust\nthe keys gateway-2, notify-1 (internalToken.publicKeys)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -114,3 +116,58 @@ async def test_methods_no_route_knows_are_problem_json(api: httpx.AsyncClient) -
     for method in ("OPTIONS", "TRACE"):
         r = await api.request(method, "/v1/contacts")
         _assert_problem(r, 405, "")
+
+
+@pytest.mark.parametrize("depth", [65, 100_000])
+async def test_deeply_nested_json_is_a_400(api: httpx.AsyncClient, depth: int) -> None:
+    body = '{"custom_fields": ' + '{"a": ' * depth + "1" + "}" * depth + "}"
+    r = await api.post("/v1/contacts", content=body, headers={"Content-Type": "application/json"})
+    _assert_problem(r, 400, "body")
+    assert await _total(api) == 0
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_a_body_that_is_not_json_is_a_415(api: httpx.AsyncClient, content_type: str) -> None:
+    r = await api.post(
+        "/v1/contacts", content=b'{"first_name": "Ada"}', headers={"Content-Type": content_type}
+    )
+    _assert_problem(r, 415, "Content-Type")
+    assert await _total(api) == 0
+
+
+async def test_if_match_with_several_tags_is_a_400(api: httpx.AsyncClient) -> None:
+    made = await api.post("/v1/contacts", json={"first_name": "Ada"})
+    r = await api.patch(
+        f"/v1/contacts/{made.json()['id']}",
+        json={"first_name": "B"},
+        headers={"If-Match": '"a", "b"'},
+    )
+    _assert_problem(r, 400, "If-Match")
+
+
+async def _raw(tenant: Tenant, head: bytes) -> tuple[int, bytes]:
+    host, port = tenant.gateway_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return int(answer.split(b" ", 2)[1]), answer.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize(
+    ("case", "headers"),
+    [
+        ("a 1 MB header", [b"X-Big: " + b"a" * 1_048_576 + b"\r\n"]),
+        ("an 8 MB header", [b"X-Big: " + b"a" * 8 * 1_048_576 + b"\r\n"]),
+        ("10,000 headers", [b"X-%d: a\r\n" % i for i in range(10_000)]),
+    ],
+)
+async def test_oversized_request_heads_are_431(
+    tenant: Tenant, case: str, headers: list[bytes]
+) -> None:
+    auth = b"Authorization: Bearer " + tenant.key.encode() + b"\r\n"
+    head = b"GET /v1/contacts HTTP/1.1\r\nHost: gw\r\n" + auth + b"".join(headers) + b"\r\n"
+    status, body = await _raw(tenant, head)
+    assert status == 431, case
+    assert json.loads(body)["status"] == 431

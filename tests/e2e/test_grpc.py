@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import grpc
@@ -122,3 +123,35 @@ async def test_services_refuse_calls_without_a_valid_internal_token(
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # Health needs no token and reports SERVING.
         assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_the_gateway_answers_with_its_own_request_id_for_an_unusable_one(
+    platform: Platform, tenant: Tenant
+) -> None:
+    async with _gateway(platform) as channel:
+        stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+        for given, kept in [
+            ("order-42:retry.1", True),
+            ("a" * 6000, False),
+            ('spaces; and quotes"', False),
+        ]:
+            call = stub.ListContacts(
+                contacts_pb2.ListContactsRequest(page_size=1),
+                metadata=(("authorization", f"Bearer {tenant.key}"), ("x-request-id", given)),
+            )
+            await call
+            answered = dict(await call.initial_metadata())["x-request-id"]
+            assert (answered == given) is kept
+            assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", str(answered))
+
+
+async def test_the_bootstrap_key_cannot_act_in_a_tenant_over_grpc(platform: Platform) -> None:
+    md = (("authorization", f"Bearer {platform.stack.bootstrap_key}"),)
+    async with _gateway(platform) as channel:
+        stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await stub.CreateContact(
+                contacts_pb2.CreateContactRequest(contact=contacts_pb2.Contact(first_name="Z")),
+                metadata=md,
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED

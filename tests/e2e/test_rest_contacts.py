@@ -26,6 +26,7 @@ async def test_create_get_update_delete(api: httpx.AsyncClient) -> None:
     assert body["version"] == "1"  # int64 is a string in proto3 JSON
     assert created.headers["etag"] == f'"{body["etag"]}"'
     assert created.headers["x-request-id"]
+    assert created.headers["location"] == f"/v1/contacts/{cid}"
 
     got = await api.get(f"/v1/contacts/{cid}")
     assert got.status_code == 200
@@ -115,3 +116,18 @@ async def test_openapi_and_docs_need_no_key(tenant: Tenant) -> None:
         assert (await anon.get("/healthz")).status_code == 200
         assert (await anon.get("/readyz")).status_code == 200
         assert (await anon.get("/v1/contacts")).status_code == 401
+
+
+async def test_if_match_star_needs_the_contact_to_exist(api: httpx.AsyncClient) -> None:
+    made = await api.post("/v1/contacts", json={"first_name": "Ada"})
+    assert made.status_code == 201
+    where = made.headers["location"]
+    star = {"If-Match": "*"}
+    updated = await api.patch(where, json={"first_name": "Augusta"}, headers=star)
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["version"] == "2"
+    assert (await api.delete(where, headers=star)).status_code == 204
+    gone = await api.patch(where, json={"first_name": "Again"}, headers=star)
+    assert gone.status_code == 412
+    assert gone.headers["content-type"] == "application/problem+json"
+    assert (await api.delete(where, headers=star)).status_code == 412

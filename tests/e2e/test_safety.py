@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import httpx
+import psycopg
 import pytest
 
 from tests.helpers import Platform, Tenant, new_tenant
@@ -62,6 +63,67 @@ async def test_idempotency_keys_are_per_tenant(tenant: Tenant, other_tenant: Ten
         )
     assert ra.status_code == rb.status_code == 201
     assert ra.json()["id"] != rb.json()["id"]
+
+
+async def test_idempotency_keys_are_per_calling_key(tenant: Tenant) -> None:
+    key = {"Idempotency-Key": f"shared-{uuid.uuid4().hex}"}
+    payload = {"first_name": "Same", "tags": [f"per-key-{uuid.uuid4().hex[:8]}"]}
+    async with tenant.client() as admin:
+        second = await admin.post(
+            "/v1/api-keys", json={"name": "second", "scopes": ["contacts:write"]}
+        )
+        assert second.status_code == 201
+        first_answer = await admin.post("/v1/contacts", json=payload, headers=key)
+    async with tenant.client(second.json()["secret"]) as other:
+        other_answer = await other.post("/v1/contacts", json=payload, headers=key)
+    # Another key of the same tenant is another caller: its own contact, not a replay.
+    assert first_answer.status_code == other_answer.status_code == 201
+    assert first_answer.json()["id"] != other_answer.json()["id"]
+    assert "idempotent-replayed" not in other_answer.headers
+
+
+async def _gateway_idempotency_rows(platform: Platform) -> list[tuple[str, bytes]]:
+    owner_url = platform.stack.urls["gateway"][0]
+    async with await psycopg.AsyncConnection.connect(owner_url) as conn:
+        cur = await conn.execute(
+            "SELECT key, coalesce(response_body, ''::bytea) || convert_to("
+            "coalesce(response_headers::text, ''), 'UTF8') FROM idempotency_keys"
+        )
+        return [(k, bytes(b)) for k, b in await cur.fetchall()]
+
+
+async def test_a_new_keys_secret_is_never_stored_nor_replayed(
+    tenant: Tenant, platform: Platform
+) -> None:
+    key = {"Idempotency-Key": f"new-key-{uuid.uuid4().hex}"}
+    request = {"name": "ci", "scopes": ["contacts:read"]}
+    async with tenant.client() as admin:
+        made = await admin.post("/v1/api-keys", json=request, headers=key)
+        assert made.status_code == 201, made.text
+        secret = made.json()["secret"]
+        rows = await _gateway_idempotency_rows(platform)
+        assert key["Idempotency-Key"] in {k for k, _ in rows}
+        assert not any(secret.encode() in stored for _, stored in rows)
+        again = await admin.post("/v1/api-keys", json=request, headers=key)
+    assert again.status_code == 409
+    assert secret not in again.text
+    assert again.headers["location"] == f"/v1/api-keys/{made.json()['id']}"
+
+
+async def test_the_owning_service_answers_a_retry_the_gateway_lost_track_of(
+    tenant: Tenant, platform: Platform
+) -> None:
+    key = f"lost-{uuid.uuid4().hex}"
+    payload = {"first_name": "Once", "emails": [_email()]}
+    async with tenant.client() as api:
+        first = await api.post("/v1/contacts", json=payload, headers={"Idempotency-Key": key})
+        assert first.status_code == 201
+        # As if the gateway had died before storing the answer, and the lease had lapsed.
+        async with await psycopg.AsyncConnection.connect(platform.stack.urls["gateway"][0]) as c:
+            await c.execute("DELETE FROM idempotency_keys WHERE key = %s", (key,))
+        again = await api.post("/v1/contacts", json=payload, headers={"Idempotency-Key": key})
+    assert again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
 
 
 async def test_other_tenants_ids_are_not_found_anywhere(
@@ -156,8 +218,38 @@ async def test_rate_limit_is_429_with_retry_after(tenant: Tenant) -> None:
     assert int(ok.headers["ratelimit-limit"]) == 40
 
 
-@pytest.mark.parametrize("header", ["", "Basic abc", "Bearer", "Bearer trellis_0123456789abcdef_x"])
-async def test_malformed_authorization_is_401(tenant: Tenant, header: str) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"",
+        b"Basic abc",
+        b"Bearer",
+        b"Bearer trellis_0123456789abcdef_x",
+        "Bearer ключ".encode(),
+        b"Bearer \xff\xfe\xfd",
+        b"Bearer trellis_0123456789abcdef_" + "é".encode() * 22,
+    ],
+)
+async def test_malformed_authorization_is_401(tenant: Tenant, header: bytes) -> None:
     async with httpx.AsyncClient(base_url=tenant.gateway_url) as anon:
-        r = await anon.get("/v1/contacts", headers={"Authorization": header})
+        r = await anon.get("/v1/contacts", headers={b"Authorization": header})
     assert r.status_code == 401
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_bootstrap_key_administers_tenants_and_never_acts_in_one(
+    platform: Platform,
+) -> None:
+    operator = {"Authorization": f"Bearer {platform.stack.bootstrap_key}"}
+    async with httpx.AsyncClient(base_url=platform.stack.gateway_url, headers=operator) as op:
+        for method, path in [("POST", "/v1/contacts"), ("GET", "/v1/contacts")]:
+            body = {"first_name": "Tenant zero"} if method == "POST" else None
+            r = await op.request(method, path, json=body)
+            assert r.status_code == 403, (method, path, r.text)
+        tenant = await op.post("/v1/tenants", json={"name": "by the operator"})
+        assert tenant.status_code == 201
+        key = await op.post(
+            "/v1/api-keys",
+            json={"tenant_id": tenant.json()["id"], "name": "k", "scopes": ["admin"]},
+        )
+        assert key.status_code == 201

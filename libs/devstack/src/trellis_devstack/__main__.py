@@ -13,7 +13,7 @@ from pathlib import Path
 from honcho.manager import Manager
 
 from crmkit import contract
-from trellis_devstack import declaration
+from trellis_devstack import declaration, reference
 from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.stack import Stack, fixed_ports, new_secrets
 
@@ -115,9 +115,12 @@ def run() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="trellis_devstack")
-    parser.add_argument("command", choices=["run"])
-    parser.parse_args()
-    run()
+    parser.add_argument("command", choices=["run", "docs"])
+    args, rest = parser.parse_known_args()
+    if args.command == "docs":
+        reference.main(rest)
+    else:
+        run()
 
 
 main()

@@ -11,10 +11,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.rows import DictRow
 
 from crm.gateway.v1 import gateway_pb2
-from crmkit import paging
+from crmkit import paging, text
 from crmkit.context import Identity
 from crmkit.db import Pool
-from crmkit.errors import NotFound, invalid_field
+from crmkit.errors import Invalid, NotFound, invalid_field
 from crmkit.ids import is_uuid
 from trellis_gateway import apikeys
 from trellis_gateway.dispatch import LocalHandler
@@ -46,6 +46,16 @@ def _key(row: DictRow) -> gateway_pb2.ApiKey:
     return key
 
 
+def _name(value: str, path: str) -> str:
+    out: list[tuple[str, str]] = []
+    name = text.one_line(value, path, out)
+    if out:
+        raise Invalid(out)
+    if not name:
+        raise invalid_field(path, "required")
+    return name
+
+
 class Admin:
     def __init__(
         self, pool: Pool, verifier: apikeys.KeyVerifier, grantable: frozenset[str]
@@ -67,9 +77,7 @@ class Admin:
         }
 
     async def create_tenant(self, req: gateway_pb2.CreateTenantRequest, _: Identity) -> Message:
-        name = req.tenant.name.strip()
-        if not name:
-            raise invalid_field("tenant.name", "required")
+        name = _name(req.tenant.name, "tenant.name")
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "INSERT INTO tenants (id, name) VALUES (%s, %s) RETURNING id::text, name, create_time",
@@ -98,9 +106,7 @@ class Admin:
             raise invalid_field("api_key.tenant_id", "a key can only be made for your own tenant")
         if tenant_id == apikeys.PLATFORM_TENANT or not is_uuid(tenant_id):
             raise invalid_field("api_key.tenant_id", "name the tenant the key is for")
-        name = spec.name.strip()
-        if not name:
-            raise invalid_field("api_key.name", "required")
+        name = _name(spec.name, "api_key.name")
         if not spec.scopes:
             raise invalid_field("api_key.scopes", "grant at least one scope")
         for i, scope in enumerate(spec.scopes):

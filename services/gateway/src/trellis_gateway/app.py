@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from google.protobuf.descriptor import ServiceDescriptor
 
 from crm.gateway.v1 import gateway_pb2
 from crmkit import auth, contract
+from crmkit.db import Pool
 from crmkit.migrations import migrations_dir
 from crmkit.periodic import Periodic
 from crmkit.service import Runtime, ServiceDefinition, Worker
@@ -13,39 +19,73 @@ from trellis_gateway import openapi
 from trellis_gateway.admin import Admin
 from trellis_gateway.apikeys import KeyVerifier
 from trellis_gateway.config import GatewaySettings
-from trellis_gateway.dispatch import Dispatcher
+from trellis_gateway.dispatch import BackendHealth, Dispatcher, ServingStatus
 from trellis_gateway.grpc_proxy import ProxyHandler, api_key_authenticator
-from trellis_gateway.http_app import Gateway, RequestContext
+from trellis_gateway.http_app import Gateway, asgi
 from trellis_gateway.http_server import HttpServer
-from trellis_gateway.idempotency import IdempotencyStore
+from trellis_gateway.idempotency import IdempotencyStore, utc_now
 from trellis_gateway.ratelimit import RateLimiter, TokenBuckets
-from trellis_gateway.routes import build_routes
+from trellis_gateway.routes import RouteTable, build_routes
 
 OWN_SERVICES = list(gateway_pb2.DESCRIPTOR.services_by_name.values())
 
 
-async def wire(runtime: Runtime) -> list[Worker]:
-    """Publish the gateway's own services and those of every backend it has an address for
+@dataclass(frozen=True)
+class Clocks:
+    """Where the gateway's time comes from: caches and buckets count seconds, idempotency
+    leases and expiry are stored as wall-clock times (shared by the replicas)."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], datetime] = utc_now
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The gateway's pieces, assembled from its settings (by `wire`, and by tests)."""
+
+    published: list[ServiceDescriptor]
+    routes: RouteTable
+    dispatcher: Dispatcher
+    verifier: KeyVerifier
+    limiter: RateLimiter
+    store: IdempotencyStore
+    health: BackendHealth
+    gateway: Gateway
+
+
+def assemble(
+    settings: GatewaySettings,
+    pool: Pool,
+    ready: Callable[[], Awaitable[bool]],
+    clocks: Clocks = Clocks(),
+    publish_health: Callable[[str, ServingStatus], Awaitable[None]] | None = None,
+) -> Parts:
+    """The gateway's own services and those of every backend it has an address for
     (GATEWAY_<SERVICE>_ADDR, one per service that declares the gateway among its callers)."""
-    settings = runtime.settings
-    assert isinstance(settings, GatewaySettings)
     backends = {name: contract.services_of_domain(name) for name in settings.callees()}
     published = OWN_SERVICES + [s for services in backends.values() for s in services]
-    runtime.grpc_services.extend(s.full_name for s in published)
     bootstrap = settings.bootstrap_admin_key
     verifier = KeyVerifier(
-        runtime.pool,
+        pool,
         bootstrap.get_secret_value() if bootstrap else None,
         settings.api_key_cache_seconds,
+        settings.api_key_cache_size,
+        clocks.monotonic,
     )
     limiter = RateLimiter(
-        TokenBuckets(settings.rate_limit_key_per_second, settings.rate_limit_key_burst),
-        TokenBuckets(settings.rate_limit_tenant_per_second, settings.rate_limit_tenant_burst),
+        *(
+            TokenBuckets(rate, burst, clock=clocks.monotonic)
+            for rate, burst in (
+                (settings.rate_limit_key_per_second, settings.rate_limit_key_burst),
+                (settings.rate_limit_tenant_per_second, settings.rate_limit_tenant_burst),
+                (settings.rate_limit_address_per_second, settings.rate_limit_address_burst),
+            )
+        )
     )
     routes = build_routes(published)
     dispatcher = Dispatcher()
     grantable = contract.grantable_scopes(published)
-    dispatcher.add_local(Admin(runtime.pool, verifier, grantable).handlers())
+    dispatcher.add_local(Admin(pool, verifier, grantable).handlers())
     signing_key = settings.signing_key()
     if signing_key is None or signing_key.issuer != auth.GATEWAY:
         raise contract.ContractError("the gateway needs its signing key (INTERNAL_TOKEN_*)")
@@ -54,9 +94,30 @@ async def wire(runtime: Runtime) -> list[Worker]:
         address = settings.callees()[name]
         dispatcher.add_backend(name, services, address, tokens, settings.backend_timeout_seconds)
     dispatcher.check(f"/{s.full_name}/{m.name}" for s in published for m in s.methods)
-    runtime.on_stop.append(dispatcher.close)
-    runtime.authenticate = api_key_authenticator(verifier, limiter)
-    runtime.server.add_generic_rpc_handlers([ProxyHandler(routes, dispatcher)])
+    health = BackendHealth(dispatcher.backends, publish_health)
+    store = IdempotencyStore(
+        pool,
+        ttl=timedelta(hours=settings.idempotency_ttl_hours),
+        lease=timedelta(seconds=settings.lease_seconds),
+        clock=clocks.wall,
+    )
+    gateway = Gateway(
+        routes=routes,
+        dispatcher=dispatcher,
+        verifier=verifier,
+        limiter=limiter,
+        idempotency=store,
+        openapi=openapi.build_openapi(routes, title="Trellis CRM API", version="v1"),
+        max_body_bytes=settings.max_body_bytes,
+        ready=ready,
+        backends=health.statuses,
+    )
+    return Parts(published, routes, dispatcher, verifier, limiter, store, health, gateway)
+
+
+async def wire(runtime: Runtime) -> list[Worker]:
+    settings = runtime.settings
+    assert isinstance(settings, GatewaySettings)
 
     async def ready() -> bool:
         if runtime.stopping.is_set():
@@ -68,30 +129,24 @@ async def wire(runtime: Runtime) -> list[Worker]:
             return False
         return True
 
-    store = IdempotencyStore(runtime.pool, settings.idempotency_ttl_hours)
-    gateway = Gateway(
-        routes=routes,
-        dispatcher=dispatcher,
-        verifier=verifier,
-        limiter=limiter,
-        idempotency=store,
-        openapi=openapi.build_openapi(routes, title="Trellis CRM API", version="v1"),
-        max_body_bytes=settings.max_body_bytes,
-        ready=ready,
+    # The gateway's gRPC health tells, under each backend's service names, that backend's own.
+    parts = assemble(settings, runtime.pool, ready, publish_health=runtime.health.set)
+    runtime.grpc_services.extend(s.full_name for s in parts.published)
+    runtime.mirrored_health.update(name for b in parts.dispatcher.backends for name in b.services)
+    runtime.on_stop.append(parts.dispatcher.close)
+    runtime.authenticate = api_key_authenticator(parts.verifier, parts.limiter)
+    runtime.server.add_generic_rpc_handlers([ProxyHandler(parts.routes, parts.dispatcher)])
+    http = HttpServer(
+        asgi(parts.gateway),
+        settings.bind_host,
+        settings.http_port,
+        settings.shutdown_grace_seconds,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        trusted_proxies=settings.trusted_proxies,
     )
-    app = RequestContext(
-        OpenTelemetryMiddleware(
-            gateway.app(),
-            excluded_urls="healthz,readyz,metrics",
-            # One span per request is the useful part; a span per ASGI message costs more
-            # CPU than the rest of the request's handling and says little.
-            exclude_spans=["receive", "send"],
-        )
-    )
-    return [
-        HttpServer(app, settings.bind_host, settings.http_port, settings.shutdown_grace_seconds),
-        Periodic("purge expired idempotency keys", 600, store.purge_expired),
-    ]
+    purge = Periodic("purge expired idempotency keys", 600, parts.store.purge_expired)
+    return [http, parts.health, purge]
 
 
 DEFINITION = ServiceDefinition(

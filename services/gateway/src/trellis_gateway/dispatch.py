@@ -8,6 +8,8 @@ Either way failures come back as ServiceError, so both front ends map errors one
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+from grpc_status import rpc_status
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from crmkit import auth, contract, idempotency
@@ -31,6 +35,33 @@ _TRANSPORT_FAILURES = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "the service did not answer in time; retry later",
     grpc.StatusCode.UNKNOWN: "internal error",
 }
+
+
+class BadGateway(ServiceError):
+    """A backend answer the gateway cannot pass on (larger than the channel accepts): a 502
+    on the REST front, INTERNAL on the gRPC one, with a plain message either way."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.INTERNAL, message)
+
+
+def _service_error(err: grpc.aio.AioRpcError, full_method: str) -> ServiceError:
+    """A failed backend call as the caller should see it.
+
+    A status the service itself sent comes with its details (the chassis always attaches a
+    google.rpc.Status) and passes on as it is. One without them was made by the transport
+    (no connection, the deadline, a message over the size limit): its text names internal
+    addresses and limits, so the caller gets a plain one.
+    """
+    if rpc_status.from_call(err) is not None:  # type: ignore[arg-type]
+        return from_rpc_error(err)
+    code = err.code()
+    log.warning("backend call failed", extra={"method": full_method, "code": code.name})
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return BadGateway("the service's answer was too large to pass on")
+    if code in _TRANSPORT_FAILURES:
+        return ServiceError(code, _TRANSPORT_FAILURES[code])
+    return from_rpc_error(err)
 
 
 def _service_config(services: Iterable[ServiceDescriptor]) -> str:
@@ -59,6 +90,8 @@ class Backend:
     channel: grpc.aio.Channel
     tokens: auth.TokenCache
     timeout: float
+    address: str
+    services: tuple[str, ...]  # the gRPC services it serves, full names
 
 
 class Dispatcher:
@@ -86,7 +119,9 @@ class Dispatcher:
             ],
             interceptors=aio_client_interceptors(),
         )
-        backend = Backend(name, channel, tokens, timeout)
+        backend = Backend(
+            name, channel, tokens, timeout, address, tuple(s.full_name for s in services)
+        )
         self.backends.append(backend)
         for service in services:
             for method in service.methods:
@@ -127,14 +162,92 @@ class Dispatcher:
         try:
             response: Message = await stub(request, metadata=metadata, timeout=backend.timeout)
         except grpc.aio.AioRpcError as err:
-            code = err.code()
-            if code in _TRANSPORT_FAILURES:
-                # The channel's own text names internal addresses; callers get a plain one.
-                log.warning("backend call failed", extra={"method": full_method, "code": code.name})
-                raise ServiceError(code, _TRANSPORT_FAILURES[code]) from None
-            raise from_rpc_error(err) from None
+            raise _service_error(err, full_method) from None
         return response
 
     async def close(self) -> None:
         for backend in self.backends:
             await backend.channel.close()
+
+
+ServingStatus = int  # a grpc.health.v1 HealthCheckResponse.ServingStatus value
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# How long to wait before watching a backend again after its health stream failed at once
+# (a backend without the health service); reconnecting is paced by the channel itself.
+_REWATCH_SECONDS = 1.0
+
+
+class BackendHealth:
+    """Each backend's health, as the backend's own grpc.health.v1 service reports it.
+
+    One Watch stream per backend, on a channel of its own: the calls' channel connects when
+    the first call needs it, and a health stream started with the gateway, before the
+    backend listens, would put it in reconnect backoff (failing calls) just as the backend
+    comes up. Until a backend first answers, and whenever its stream breaks, it counts as
+    NOT_SERVING. Every change also goes to `publish`, when given, under
+    each of the backend's service names: a health servicer's `set`, so a caller checking
+    crm.contacts.v1.ContactsService at the gateway learns about contacts.
+    """
+
+    def __init__(
+        self,
+        backends: Iterable[Backend],
+        publish: Callable[[str, ServingStatus], Awaitable[None]] | None = None,
+    ) -> None:
+        self._backends = list(backends)
+        self._publish = publish
+        self._status: dict[str, ServingStatus] = {b.name: NOT_SERVING for b in self._backends}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    def statuses(self) -> dict[str, str]:
+        """Backend name -> SERVING, NOT_SERVING, ..."""
+        return {
+            name: health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            for name, status in self._status.items()
+        }
+
+    async def run(self) -> None:
+        for backend in self._backends:
+            await self._set(backend, NOT_SERVING)
+        if self._stopping.is_set():
+            return
+        self._tasks = [asyncio.create_task(self._watch(b)) for b in self._backends]
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _watch(self, backend: Backend) -> None:
+        async with grpc.aio.insecure_channel(backend.address) as channel:
+            await self._watch_on(backend, channel)
+
+    async def _watch_on(self, backend: Backend, channel: grpc.aio.Channel) -> None:
+        watch = channel.unary_stream(
+            "/grpc.health.v1.Health/Watch",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        while not self._stopping.is_set():
+            try:
+                # wait_for_ready: while the backend is down the call waits for the channel
+                # to connect again, instead of failing (and being retried) in a loop.
+                call = watch(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True)
+                async for answer in call:
+                    await self._set(backend, answer.status)
+            except grpc.aio.AioRpcError as err:
+                log.warning(
+                    "backend health stream ended",
+                    extra={"backend": backend.name, "code": err.code().name},
+                )
+            await self._set(backend, NOT_SERVING)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), _REWATCH_SECONDS)
+
+    async def _set(self, backend: Backend, status: ServingStatus) -> None:
+        self._status[backend.name] = status
+        if self._publish is not None:
+            for name in backend.services:
+                await self._publish(name, status)

@@ -49,6 +49,10 @@ class ProxyHandler(grpc.GenericRpcHandler):
 def _forwarder(route: Route, dispatcher: Dispatcher) -> grpc.RpcMethodHandler[Any, Any]:
     # The chassis interceptor has checked the caller, the scope and the limits.
     async def forward(request: Message, ctx: grpc.aio.ServicerContext[Any, Any]) -> Message:
+        rid = context.request_id.get() or ""
+        # The id the call is logged under (the caller's, if well-formed, else a new one), so
+        # the caller can quote it whatever the outcome; initial metadata precedes an error.
+        await ctx.send_initial_metadata((("x-request-id", rid),))
         key = next(
             (v for k, v in ctx.invocation_metadata() or () if k == idempotency.METADATA_KEY), ""
         )
@@ -57,7 +61,7 @@ def _forwarder(route: Route, dispatcher: Dispatcher) -> grpc.RpcMethodHandler[An
             request,
             route.response_class,
             context.caller(),
-            context.request_id.get() or "",
+            rid,
             idempotency_key=str(key),
         )
 

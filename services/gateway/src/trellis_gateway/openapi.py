@@ -7,10 +7,13 @@ that `make proto` writes with source info (descriptions are simply left out with
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 import os
 import re
 from collections.abc import Iterator
+from enum import Enum
+from functools import cache
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,11 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from crm.common.v1 import common_pb2
-from crmkit.limits import field_limits, is_map_field
-from trellis_gateway.routes import Route, RouteTable, query_fields, success_status
+from crm.gateway.v1 import gateway_pb2
+from crmkit import contract
+from crmkit.limits import field_limits, is_map_field, value_range
+from trellis_gateway import idempotency
+from trellis_gateway.routes import IF_MATCH, Route, RouteTable, query_fields, success_status
 
 DescriptorSetPath = str | os.PathLike[str] | Traversable
 SourcePath = tuple[int, ...]
@@ -29,18 +35,6 @@ Element = tuple[str, SourcePath]
 DEFAULT_DESCRIPTOR_SET: Traversable = importlib.resources.files("crm") / "descriptors.binpb"
 
 _OPENAPI_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-_PROBLEM_STATUSES = {
-    "400": "The request is invalid; `errors` names each offending field.",
-    "401": "No valid API key or token was given.",
-    "403": "The caller lacks the required scope.",
-    "404": "The resource does not exist.",
-    "409": "The request conflicts with the current state of the resource.",
-    "412": "The If-Match ETag is stale: the resource changed meanwhile.",
-    "413": "The request body is too large.",
-    "422": "The Idempotency-Key was already used with a different request body.",
-    "429": "Too many requests; retry after the Retry-After delay.",
-    "503": "The service is unavailable for now; retry later.",
-}
 
 
 # --- comments ------------------------------------------------------------------------------
@@ -107,7 +101,40 @@ def load_comments(descriptor_set: DescriptorSetPath = DEFAULT_DESCRIPTOR_SET) ->
     return out
 
 
-# --- schemas -------------------------------------------------------------------------------
+# --- schemas ---------------------------------------------------------------------------------
+
+# googleapis-common-protos ships no type stubs; importing registers the google.api.field_behavior
+# extension, which FieldOptions then parse.
+_field_behavior: Any = importlib.import_module("google.api.field_behavior_pb2")
+
+
+@cache
+def _behaviors(field: FieldDescriptor) -> frozenset[int]:
+    return frozenset(field.GetOptions().Extensions[_field_behavior.field_behavior])
+
+
+def output_only(field: FieldDescriptor) -> bool:
+    """Set by the server (google.api.field_behavior OUTPUT_ONLY); ignored in requests."""
+    return _field_behavior.OUTPUT_ONLY in _behaviors(field)
+
+
+def required(field: FieldDescriptor) -> bool:
+    """A request must set it (google.api.field_behavior REQUIRED): non-empty, non-zero."""
+    return _field_behavior.REQUIRED in _behaviors(field)
+
+
+class Form(Enum):
+    """Which JSON a schema describes; the suffix tells its component apart from the others.
+
+    The server writes every field without presence (scalars, enums, lists, maps), so those are
+    `required` in what it writes; a client writes only what the protos mark REQUIRED, never the
+    OUTPUT_ONLY fields, and in a PATCH body only the keys it changes. Hyphens cannot occur in
+    proto names, so a suffixed name never meets a message's own.
+    """
+
+    OUTPUT = ""
+    INPUT = "-Input"
+    PATCH = "-Patch"
 
 
 def _wkt_schema(full_name: str) -> dict[str, Any] | None:
@@ -141,6 +168,8 @@ def _wkt_schema(full_name: str) -> dict[str, Any] | None:
     return dict(fixed.get(short, {"type": "object"}))
 
 
+_INT64 = {"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}
+_UINT64 = {"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_DOUBLE: {"type": "number", "format": "double"},
     FieldDescriptor.TYPE_FLOAT: {"type": "number", "format": "float"},
@@ -150,48 +179,89 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "uint32", "minimum": 0},
     FieldDescriptor.TYPE_FIXED32: {"type": "integer", "format": "uint32", "minimum": 0},
     # proto3 JSON writes 64-bit integers as strings (JavaScript numbers lose precision).
-    FieldDescriptor.TYPE_INT64: {"type": "string", "format": "int64"},
-    FieldDescriptor.TYPE_SINT64: {"type": "string", "format": "int64"},
-    FieldDescriptor.TYPE_SFIXED64: {"type": "string", "format": "int64"},
-    FieldDescriptor.TYPE_UINT64: {"type": "string", "format": "uint64"},
-    FieldDescriptor.TYPE_FIXED64: {"type": "string", "format": "uint64"},
+    FieldDescriptor.TYPE_INT64: _INT64,
+    FieldDescriptor.TYPE_SINT64: _INT64,
+    FieldDescriptor.TYPE_SFIXED64: _INT64,
+    FieldDescriptor.TYPE_UINT64: _UINT64,
+    FieldDescriptor.TYPE_FIXED64: _UINT64,
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
     FieldDescriptor.TYPE_STRING: {"type": "string"},
-    FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
 }
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    if not schema or (isinstance(kind, list) and "null" in kind):
+        return schema  # takes null already: any JSON value, or a wrapper type
+    inner = {k: v for k, v in schema.items() if k != "description"}
+    return {"anyOf": [inner, {"type": "null"}]} | (
+        {"description": schema["description"]} if "description" in schema else {}
+    )
 
 
-class _Schemas:
-    """components/schemas, filled on demand as messages and enums are referenced."""
+class Schemas:
+    """Schemas of messages and enums, collected on demand as named definitions.
 
-    def __init__(self, comments: dict[str, str]) -> None:
+    `ref_prefix` is where the definitions will live: OpenAPI's components, or the `definitions`
+    of a self-contained JSON Schema (an AsyncAPI payload).
+    """
+
+    def __init__(
+        self,
+        comments: dict[str, str],
+        ref_prefix: str = "#/components/schemas/",
+        choices: dict[str, list[str]] | None = None,
+    ) -> None:
         self.comments = comments
+        self.ref_prefix = ref_prefix
+        self.choices = choices or {}  # string fields' accepted values, by field full name
         self.components: dict[str, Any] = {}
+
+    def ref(self, name: str) -> dict[str, Any]:
+        return {"$ref": self.ref_prefix + name}
 
     def _describe(self, schema: dict[str, Any], full_name: str) -> dict[str, Any]:
         if full_name in self.comments:
             schema["description"] = self.comments[full_name]
         return schema
 
-    def message(self, desc: Descriptor) -> dict[str, Any]:
+    def message(self, desc: Descriptor, form: Form = Form.OUTPUT) -> dict[str, Any]:
         """A schema (a $ref, or inline for a well-known type) for a message type."""
         wkt = _wkt_schema(desc.full_name)
         if wkt is not None:
             return wkt
-        name = desc.full_name
+        name = desc.full_name + form.value
         if name not in self.components:
             self.components[name] = {}  # claimed first: messages may refer to themselves
-            props = {f.name: self.field(f) for f in desc.fields}
-            self.components[name] = self._describe(
-                {"type": "object", "title": desc.name, "properties": props}, name
-            )
-        return _ref(name)
+            fields = [f for f in desc.fields if form is Form.OUTPUT or not output_only(f)]
+            props = {f.name: self.field(f, form) for f in fields}
+            if form is not Form.OUTPUT:  # proto3 JSON reads null as the field's default
+                props = {
+                    f.name: props[f.name] if required(f) else _nullable(props[f.name])
+                    for f in fields
+                }
+            schema: dict[str, Any] = {
+                # Distinct titles: code generators name their classes after them.
+                "type": "object",
+                "title": desc.name + form.name.title() if form.value else desc.name,
+                "properties": props,
+            }
+            if form is Form.OUTPUT:
+                names = [f.name for f in fields if not f.has_presence]
+            else:
+                names = [f.name for f in fields if form is Form.INPUT and required(f)]
+                # json_format refuses unknown keys: the API takes only the fields it declares.
+                schema["additionalProperties"] = False
+            if names:
+                schema["required"] = names
+            self.components[name] = self._describe(schema, desc.full_name)
+        return self.ref(name)
 
     def enum(self, desc: EnumDescriptor) -> dict[str, Any]:
+        """The enum's values by name, as a client may send them."""
         name = desc.full_name
         if name not in self.components:
             values = [v.name for v in desc.values]
@@ -204,38 +274,63 @@ class _Schemas:
             if notes:
                 schema["description"] = "\n".join([schema.get("description", ""), "", *notes])
             self.components[name] = schema
-        return _ref(name)
+        return self.ref(name)
 
-    def _single(self, field: FieldDescriptor, max_length: int) -> dict[str, Any]:
+    def _single(self, field: FieldDescriptor, form: Form) -> dict[str, Any]:
         """The schema of one value of the field (an element, for a repeated field)."""
+        must = form is not Form.OUTPUT and required(field)
         if field.message_type is not None:
-            return self.message(field.message_type)
+            return self.message(field.message_type, Form.INPUT if form is Form.PATCH else form)
         if field.enum_type is not None:
-            return self.enum(field.enum_type)
+            ref = self.enum(field.enum_type)
+            if form is Form.OUTPUT:
+                # A value added later must not break a client generated from this document.
+                return {"anyOf": [ref, {"type": "string"}]}
+            if must:  # the zero value means "unset", which a required field cannot be
+                return {**ref, "not": {"const": field.enum_type.values_by_number[0].name}}
+            return ref
         schema = dict(_SCALARS[field.type])
-        if max_length and field.type == FieldDescriptor.TYPE_STRING:
-            schema["maxLength"] = max_length
+        max_length, _ = field_limits(field)
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if max_length:
+                schema["maxLength"] = max_length
+            if must:  # the services trim strings, so blank is as good as empty
+                schema |= {"minLength": 1, "pattern": r"\S"}
+            if form is not Form.OUTPUT and field.full_name in self.choices:
+                schema["enum"] = self.choices[field.full_name]
+        elif schema["type"] == "integer":
+            low, high = value_range(field)
+            if low is not None:
+                schema["minimum"] = low
+            if high is not None:
+                schema["maximum"] = high
         return schema
 
-    def field(self, field: FieldDescriptor, *, described: bool = True) -> dict[str, Any]:
+    def field(
+        self, field: FieldDescriptor, form: Form = Form.OUTPUT, *, described: bool = True
+    ) -> dict[str, Any]:
         max_length, max_items = field_limits(field)
         if is_map_field(field):
             entry = field.message_type
             assert entry is not None  # a map field's type is its entry message
             schema: dict[str, Any] = {
                 "type": "object",
-                "additionalProperties": self._single(entry.fields_by_name["value"], 0),
+                "additionalProperties": self._single(entry.fields_by_name["value"], form),
             }
             if max_items:
                 schema["maxProperties"] = max_items
             if max_length:  # on a map, max_length bounds the keys
                 schema["propertyNames"] = {"maxLength": max_length}
         elif field.is_repeated:
-            schema = {"type": "array", "items": self._single(field, max_length)}
+            schema = {"type": "array", "items": self._single(field, form)}
             if max_items:
                 schema["maxItems"] = max_items
+            if form is not Form.OUTPUT and required(field):
+                schema["minItems"] = 1
         else:
-            schema = self._single(field, max_length)
+            schema = self._single(field, form)
+        if form is Form.OUTPUT and output_only(field):
+            schema["readOnly"] = True
         # OpenAPI 3.1 schemas are JSON Schema 2020-12: a description beside $ref is allowed.
         return self._describe(schema, field.full_name) if described else schema
 
@@ -258,7 +353,7 @@ def _openapi_path(template: str) -> str:
     return re.sub(r"\{([^}=]+)=[^}]*\}", r"{\1}", template)
 
 
-def _first_sentence(text: str) -> str:
+def first_sentence(text: str) -> str:
     line = text.split("\n\n", 1)[0].replace("\n", " ")
     head, dot, _ = line.partition(". ")
     return head + "." if dot else line
@@ -268,34 +363,176 @@ def _has_etag(desc: Descriptor) -> bool:
     return "etag" in desc.fields_by_name
 
 
-def _param(name: str, where: str, field: FieldDescriptor, schemas: _Schemas) -> dict[str, Any]:
-    param = {
-        "name": name,
-        "in": where,
-        "required": where == "path",
-        "schema": schemas.field(field, described=False),
-    }
+def _mask_paths(route: Route) -> dict[str, Any] | None:
+    """The schema of one update_mask path, for an update whose body is a resource message.
+
+    The services take a top-level field name, or "<map>.<key>" for one entry of a map field
+    (AIP-161); output-only fields are left out because naming them changes nothing.
+    """
+    desc = route.method.input_type
+    mask = desc.fields_by_name.get("update_mask")
+    body = desc.fields_by_name.get(route.body)
+    if mask is None or body is None or body.message_type is None:
+        return None
+    fields = [f for f in body.message_type.fields if not output_only(f)]
+    choices: list[dict[str, Any]] = [{"type": "string", "enum": [f.name for f in fields]}]
+    choices += [
+        {"type": "string", "pattern": f"^{re.escape(f.name)}\\..+$"}
+        for f in fields
+        if is_map_field(f)
+    ]
+    return choices[0] if len(choices) == 1 else {"anyOf": choices}
+
+
+def _param(
+    name: str, where: str, field: FieldDescriptor, schemas: Schemas, item: dict[str, Any] | None
+) -> dict[str, Any]:
+    schema = schemas.field(field, Form.INPUT, described=False)
+    if item is not None:
+        schema["items"] = {**schema["items"], **item}
+    param = {"name": name, "in": where, "required": where == "path", "schema": schema}
     if field.full_name in schemas.comments:
         param["description"] = schemas.comments[field.full_name]
     return param
 
 
-def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
+def _parameters(route: Route, schemas: Schemas) -> list[dict[str, Any]]:
     desc = route.method.input_type
-    params = [_param(name, "path", _resolve(desc, name), schemas) for name in route.path_params]
+    params = [
+        _param(name, "path", _resolve(desc, name), schemas, None) for name in route.path_params
+    ]
+    mask = _mask_paths(route)
     params += [
-        _param(field.name, "query", field, schemas)
+        _param(field.name, "query", field, schemas, mask if field.name == "update_mask" else None)
         for field in query_fields(route)
         if field.name != "etag"  # the etag travels in If-Match
     ]
     if route.http_method == "POST":
         params.append({"$ref": "#/components/parameters/IdempotencyKey"})
     if _has_etag(desc):
-        params.append({"$ref": "#/components/parameters/IfMatch"})
+        params.append(
+            {
+                "name": "If-Match",
+                "in": "header",
+                "required": False,
+                "description": "The resource's etag: the change happens only if the resource "
+                "has not changed since (412 otherwise); `*`: only if it exists. One entity "
+                "tag: a list is refused.",
+                "schema": {
+                    **schemas.field(desc.fields_by_name["etag"], Form.INPUT, described=False),
+                    "pattern": f"^{IF_MATCH.pattern}$",
+                },
+            }
+        )
     return params
 
 
-def _operation(route: Route, op_id: str, schemas: _Schemas) -> dict[str, Any]:
+def _header(description: str, schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
+
+
+_INTEGER = {"type": "integer", "minimum": 0}
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-Id": _header(
+        "The request's id: the caller's X-Request-Id when it is 1-128 characters of "
+        "`A-Za-z0-9._:-`, otherwise a new one. Quote it when reporting a problem.",
+        {"type": "string"},
+    ),
+    "RateLimit-Limit": _header("Requests the caller's key may burst.", _INTEGER),
+    "RateLimit-Remaining": _header("Requests left in the current burst.", _INTEGER),
+    "RateLimit-Reset": _header("Seconds until the burst is full again.", _INTEGER),
+    "Retry-After": _header("Seconds to wait before retrying.", _INTEGER),
+    "ETag": _header("The resource's etag, to send back in If-Match.", {"type": "string"}),
+    "Location": _header(
+        "The URL of the created resource.",
+        {"type": "string", "format": "uri-reference"},
+        required=False,
+    ),
+    "Idempotent-Replayed": _header(
+        "`true` when this is the stored response of an earlier request with the same "
+        "Idempotency-Key.",
+        {"type": "string", "const": "true"},
+        required=False,
+    ),
+    "WWW-Authenticate": _header("The scheme to authenticate with.", {"type": "string"}),
+}
+# Every answer carries its request id; every answer past authentication, the caller's rate.
+_RATE_LIMITED = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+
+
+def _headers(*names: str, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("X-Request-Id", *names, *optional):
+        out[name] = {"$ref": f"#/components/headers/{name}"}
+        if name in optional and _HEADERS[name]["required"]:
+            out[name] = {**_HEADERS[name], "required": False}
+    return out
+
+
+# status: (response component, description, headers besides X-Request-Id)
+_PROBLEMS: dict[int, tuple[str, str, dict[str, Any]]] = {
+    400: (
+        "BadRequest",
+        "The request is invalid; `errors` names each offending field.",
+        _headers(*_RATE_LIMITED),
+    ),
+    401: (
+        "Unauthorized",
+        "No valid API key or token was given.",
+        _headers("WWW-Authenticate"),
+    ),
+    403: ("Forbidden", "The caller lacks the required scope.", _headers()),
+    404: (
+        "NotFound",
+        "The resource does not exist.",
+        # A path that names no resource at all is refused before authentication.
+        _headers(optional=_RATE_LIMITED),
+    ),
+    409: (
+        "Conflict",
+        "The request conflicts with the current state of the resource, or a request with the "
+        "same Idempotency-Key is still running.",
+        _headers(*_RATE_LIMITED),
+    ),
+    412: (
+        "PreconditionFailed",
+        "The If-Match etag is stale: the resource changed meanwhile.",
+        _headers(*_RATE_LIMITED),
+    ),
+    413: ("ContentTooLarge", "The request body is too large.", _headers(*_RATE_LIMITED)),
+    422: (
+        "IdempotencyKeyReused",
+        "The Idempotency-Key was already used with a different request.",
+        _headers(*_RATE_LIMITED),
+    ),
+    429: (
+        "TooManyRequests",
+        "Too many requests; retry after the Retry-After delay.",
+        _headers(*_RATE_LIMITED, "Retry-After"),
+    ),
+    503: (
+        "ServiceUnavailable",
+        "The service is unavailable for now; retry later.",
+        _headers(*_RATE_LIMITED, optional=("Retry-After",)),
+    ),
+    504: (
+        "GatewayTimeout",
+        "The service did not answer in time; retry later.",
+        _headers(*_RATE_LIMITED),
+    ),
+}
+
+
+def _problem_statuses(route: Route) -> list[int]:
+    statuses = [s for s in _PROBLEMS if s not in (412, 422)]
+    if _has_etag(route.method.input_type):
+        statuses.append(412)  # If-Match
+    if route.http_method == "POST":
+        statuses.append(422)  # Idempotency-Key
+    return sorted(statuses)
+
+
+def _operation(route: Route, op_id: str, schemas: Schemas) -> dict[str, Any]:
     rpc = route.method
     comment = schemas.comments.get(rpc.full_name, "")
     description = comment
@@ -304,7 +541,7 @@ def _operation(route: Route, op_id: str, schemas: _Schemas) -> dict[str, Any]:
         description = f"{comment}\n\n{scope_note}" if comment else scope_note
     op: dict[str, Any] = {"operationId": op_id, "tags": [route.service_name]}
     if comment:
-        op["summary"] = _first_sentence(comment)
+        op["summary"] = first_sentence(comment)
     if description:
         op["description"] = description
     if route.required_scope:
@@ -313,10 +550,15 @@ def _operation(route: Route, op_id: str, schemas: _Schemas) -> dict[str, Any]:
 
     req = route.method.input_type
     if route.body:
-        if route.body == "*":
-            body_schema = schemas.message(req)
+        # A PATCH changes exactly the keys sent, so none of them is required.
+        form = Form.PATCH if route.http_method == "PATCH" else Form.INPUT
+        body = None if route.body == "*" else req.fields_by_name[route.body]
+        if body is None:
+            body_schema = schemas.message(req, form)
+        elif body.message_type is not None and not body.is_repeated:
+            body_schema = schemas.message(body.message_type, form)
         else:
-            body_schema = schemas.field(req.fields_by_name[route.body], described=False)
+            body_schema = schemas.field(body, Form.INPUT, described=False)
         op["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": body_schema}},
@@ -326,20 +568,45 @@ def _operation(route: Route, op_id: str, schemas: _Schemas) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     success = success_status(route)
     if success == 204:
-        responses["204"] = {"description": "Done; no content."}
+        responses["204"] = {"description": "Done; no content.", "headers": _headers(*_RATE_LIMITED)}
     else:
-        ok: dict[str, Any] = {
+        names = [*_RATE_LIMITED, *(["ETag"] if _has_etag(resp) else [])]
+        optional: tuple[str, ...] = ("Location",) if success == 201 else ()
+        if route.http_method == "POST":
+            optional += ("Idempotent-Replayed",)
+        responses[str(success)] = {
             "description": schemas.comments.get(resp.full_name) or "OK",
+            "headers": _headers(*names, optional=optional),
             "content": {"application/json": {"schema": schemas.message(resp)}},
         }
-        if _has_etag(resp):
-            ok["headers"] = {"ETag": {"$ref": "#/components/headers/ETag"}}
-        responses[str(success)] = ok
-    for status, text in _PROBLEM_STATUSES.items():
-        # A Reference Object may override the description in OpenAPI 3.1.
-        responses[status] = {"$ref": "#/components/responses/Problem", "description": text}
+    for status in _problem_statuses(route):
+        responses[str(status)] = {"$ref": f"#/components/responses/{_PROBLEMS[status][0]}"}
     op["responses"] = responses
     return op
+
+
+def _link_creations(paths: dict[str, dict[str, Any]]) -> None:
+    """OpenAPI links from each create (POST /x, 201) to the operations on what it made
+    (/x/{id}): the new id, and the ETag as If-Match where the operation takes one."""
+    for path, item in paths.items():
+        created = item.get("post", {}).get("responses", {}).get("201")
+        if created is None:
+            continue
+        links = {}
+        for op in paths.get(f"{path}/{{id}}", {}).values():
+            params = {"id": "$response.body#/id"}
+            if "ETag" in created["headers"] and any(
+                p.get("name") == "If-Match" for p in op["parameters"]
+            ):
+                params["header.If-Match"] = "$response.header.ETag"
+            links[op["operationId"]] = {"operationId": op["operationId"], "parameters": params}
+        if links:
+            created["links"] = links
+
+
+_API_KEY_SCOPES = gateway_pb2.ApiKey.DESCRIPTOR.fields_by_name["scopes"].full_name
+LICENSE = {"name": "Apache 2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}
+CONTACT = {"name": "Trellis CRM", "url": "https://trellis.dev"}
 
 
 def build_openapi(
@@ -347,12 +614,21 @@ def build_openapi(
     *,
     title: str,
     version: str,
-    server_url: str | None = None,
+    server_url: str = "/",
     descriptor_set: DescriptorSetPath = DEFAULT_DESCRIPTOR_SET,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document (a JSON-ready dict) for every route of the table."""
+    """The OpenAPI 3.1 document (a JSON-ready dict) for every route of the table.
+
+    `server_url` defaults to "/": relative to wherever the document is served, so the gateway
+    that serves it is the server, whatever name callers reach it by.
+    """
     comments = load_comments(descriptor_set)
-    schemas = _Schemas(comments)
+    # The gateway grants a key only scopes the published RPCs require.
+    published = {
+        r.method.containing_service.full_name: r.method.containing_service for r in route_table
+    }
+    grantable = sorted(contract.grantable_scopes(published.values()))
+    schemas = Schemas(comments, choices={_API_KEY_SCOPES: grantable})
     paths: dict[str, dict[str, Any]] = {}
     tags: dict[str, dict[str, Any]] = {}
     op_ids: set[str] = set()
@@ -375,24 +651,36 @@ def build_openapi(
             if service.full_name in comments:
                 tags[service.name]["description"] = comments[service.full_name]
 
+    _link_creations(paths)
     problem = schemas.message(common_pb2.Problem.DESCRIPTOR)
-    doc: dict[str, Any] = {
+    # The gateway leaves `errors` out when no field is to blame.
+    schemas.components[common_pb2.Problem.DESCRIPTOR.full_name]["required"].remove("errors")
+    return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
-    }
-    if server_url:
-        doc["servers"] = [{"url": server_url}]
-    doc |= {
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "The REST/JSON API of Trellis CRM, generated from its protos. "
+            "Errors are RFC 9457 problem documents; POSTs are safe to retry with an "
+            "Idempotency-Key; updates and deletes take If-Match. The events partners can "
+            "subscribe to are described by the AsyncAPI document at "
+            "[/v1/asyncapi.json](/v1/asyncapi.json).",
+            "contact": CONTACT,
+            "license": LICENSE,
+        },
+        "servers": [{"url": server_url, "description": "This gateway"}],
         "tags": list(tags.values()),
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.components.items())),
             "responses": {
-                "Problem": {
-                    "description": "An RFC 9457 problem document.",
+                name: {
+                    "description": text,
+                    "headers": headers,
                     "content": {"application/problem+json": {"schema": problem}},
                 }
+                for name, text, headers in _PROBLEMS.values()
             },
             "parameters": {
                 "IdempotencyKey": {
@@ -402,23 +690,15 @@ def build_openapi(
                     "description": "Makes the POST safe to retry: a repeat with the same key "
                     "and body returns the stored response; the same key with another body is "
                     "a 422.",
-                    "schema": {"type": "string"},
-                },
-                "IfMatch": {
-                    "name": "If-Match",
-                    "in": "header",
-                    "required": False,
-                    "description": "The resource's etag: the change happens only if the "
-                    "resource has not changed since (412 otherwise).",
-                    "schema": {"type": "string"},
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": idempotency.MAX_KEY_LENGTH,
+                        "pattern": "^[\\x20-\\x7E]+$",  # printable ASCII, as the gateway checks
+                    },
                 },
             },
-            "headers": {
-                "ETag": {
-                    "description": "The resource's etag, to send back in If-Match.",
-                    "schema": {"type": "string"},
-                }
-            },
+            "headers": _HEADERS,
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
@@ -429,4 +709,3 @@ def build_openapi(
             },
         },
     }
-    return doc

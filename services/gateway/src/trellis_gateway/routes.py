@@ -32,6 +32,11 @@ from crmkit.limits import is_map_field
 importlib.import_module("google.api.annotations_pb2")
 
 
+# One entity tag (quoted or not, weak or not) or `*`: what If-Match may hold; the gateway
+# enforces it and the OpenAPI document publishes it.
+IF_MATCH = re.compile(r'\s*(\*|(W/)?"?[^",\s]+"?)\s*')
+
+
 class RequestError(Exception):
     """A client error in the request, naming the field path as the client sent it."""
 
@@ -300,9 +305,11 @@ def _check_objects(js: Any, desc: Descriptor, path: str) -> None:
     for key, value in js.items():
         field = _field_by_key(desc, key)
         sub_type = field.message_type if field is not None else None
+        sub = f"{path}.{key}" if path else key
+        if field is not None and field.enum_type is not None:
+            _check_enum_names(value, field, sub)
         if field is None or sub_type is None or value is None:
             continue  # unknown keys and scalars: json_format reports them well
-        sub = f"{path}.{key}" if path else key
         if is_map_field(field):
             value_type = sub_type.fields_by_name["value"].message_type
             if isinstance(value, dict) and value_type is not None:
@@ -314,6 +321,17 @@ def _check_objects(js: Any, desc: Descriptor, path: str) -> None:
                     _check_message(item, sub_type, f"{sub}[{i}]")
         else:
             _check_message(value, sub_type, sub)
+
+
+def _check_enum_names(value: Any, field: FieldDescriptor, path: str) -> None:
+    """An enum by name, as the API publishes it: json_format would also take a number."""
+    enum = field.enum_type
+    assert enum is not None
+    values = value if field.is_repeated and isinstance(value, list) else [value]
+    for i, item in enumerate(values):
+        if item is not None and not isinstance(item, str):
+            where = f"{path}[{i}]" if field.is_repeated else path
+            raise RequestError(where, f"expected one of: {', '.join(enum.values_by_name)}")
 
 
 def _check_message(js: Any, desc: Descriptor, path: str) -> None:
@@ -360,7 +378,11 @@ def _query_value(name: str, field: FieldDescriptor, values: list[str]) -> Any:
             if raw not in ("true", "false"):
                 raise RequestError(name, 'expected "true" or "false"')
             return raw == "true"
-        return raw  # json_format converts numbers, enums, Timestamps... from strings
+        if field.enum_type is not None and raw not in field.enum_type.values_by_name:
+            # json_format would also take a number ("0"); the API publishes enums by name only.
+            names = ", ".join(field.enum_type.values_by_name)
+            raise RequestError(name, f"expected one of {names}")
+        return raw  # json_format converts numbers, Timestamps... from strings
 
     if field.is_repeated:
         return [one(v) for v in values]
@@ -478,8 +500,22 @@ def message_to_json(msg: Message) -> dict[str, Any]:
     )
 
 
+def _is_standard_create(route: Route) -> bool:
+    """AIP-133's Create, by its shape rather than its name: a POST to a collection (no custom
+    verb) whose body is the resource and whose response is that resource."""
+    if route.http_method != "POST" or route.body in ("", "*"):
+        return False
+    if ":" in route.path_template.rsplit("/", 1)[-1]:
+        return False
+    body = route.method.input_type.fields_by_name.get(route.body)
+    output = route.method.output_type.full_name
+    return (
+        body is not None and body.message_type is not None and body.message_type.full_name == output
+    )
+
+
 def success_status(route: Route) -> int:
-    """201 for standard Create methods (AIP-133), 204 when the RPC returns Empty, else 200."""
+    """The status of a successful call: 204 without content, 201 for a Create, else 200."""
     if route.method.output_type.full_name == "google.protobuf.Empty":
         return 204
-    return 201 if route.method.name.startswith("Create") else 200
+    return 201 if _is_standard_create(route) else 200

@@ -24,8 +24,14 @@ from openapi_spec_validator import validate
 
 from crm.contacts.v1 import contacts_pb2
 from crm.gateway.v1 import gateway_pb2
-from trellis_gateway.openapi import DEFAULT_DESCRIPTOR_SET, build_openapi, load_comments
-from trellis_gateway.routes import RouteTable, build_routes
+from trellis_gateway.openapi import (
+    CONTACT,
+    DEFAULT_DESCRIPTOR_SET,
+    LICENSE,
+    build_openapi,
+    load_comments,
+)
+from trellis_gateway.routes import IF_MATCH, RouteTable, build_routes
 
 _F = descriptor_pb2.FieldDescriptorProto
 # googleapis-common-protos has no type stubs; its google.api.http extension is all we need.
@@ -149,8 +155,12 @@ def _params(op: dict[str, Any], doc: dict[str, Any]) -> dict[str, dict[str, Any]
 def test_document_is_valid_openapi_31(doc: dict[str, Any]) -> None:
     validate(doc)  # raises on any violation
     assert doc["openapi"] == "3.1.0"
-    assert doc["info"] == {"title": "Trellis CRM", "version": "1.2.3"}
-    assert doc["servers"] == [{"url": "https://crm.example.com"}]
+    info = doc["info"]
+    assert (info["title"], info["version"]) == ("Trellis CRM", "1.2.3")
+    assert info["license"] == LICENSE
+    assert info["contact"] == CONTACT
+    assert "/v1/asyncapi.json" in info["description"]
+    assert doc["servers"] == [{"url": "https://crm.example.com", "description": "This gateway"}]
 
 
 def test_validator_catches_what_we_rely_on(doc: dict[str, Any]) -> None:
@@ -210,7 +220,13 @@ def test_path_and_query_parameters(doc: dict[str, Any]) -> None:
     get = _params(doc["paths"]["/v1/contacts/{id}"]["get"], doc)
     assert get["id"]["in"] == "path"
     assert get["id"]["required"] is True
-    assert get["id"]["schema"] == {"type": "string", "maxLength": 64}
+    # REQUIRED: the services trim strings, so a blank one is as missing as an empty one.
+    assert get["id"]["schema"] == {
+        "type": "string",
+        "maxLength": 64,
+        "minLength": 1,
+        "pattern": r"\S",
+    }
     assert get["id"]["description"] == "The contact id."
 
     listing = _params(doc["paths"]["/v1/contacts"]["get"], doc)
@@ -221,46 +237,187 @@ def test_path_and_query_parameters(doc: dict[str, Any]) -> None:
         "company_id",
         "updated_after",
         "lifecycle_stage",
+        "email",
     ]
     assert all(p["in"] == "query" and p["required"] is False for p in listing.values())
-    assert listing["page_size"]["schema"] == {"type": "integer", "format": "int32"}
+    # min_value / max_value
+    assert listing["page_size"]["schema"] == {
+        "type": "integer",
+        "format": "int32",
+        "minimum": 0,
+        "maximum": 500,
+    }
     assert listing["page_size"]["description"].startswith("Most contacts to return")
     assert listing["updated_after"]["schema"] == {"type": "string", "format": "date-time"}
+    # A request takes the enum's names only: no open set, no null in a query.
+    assert listing["lifecycle_stage"]["schema"] == {
+        "$ref": "#/components/schemas/crm.contacts.v1.LifecycleStage"
+    }
     stage = _resolve(doc, listing["lifecycle_stage"]["schema"]["$ref"])
     assert stage["type"] == "string"
     assert "LIFECYCLE_STAGE_CUSTOMER" in stage["enum"]
 
 
-def test_headers(doc: dict[str, Any]) -> None:
+def test_update_mask_names_the_writable_paths(doc: dict[str, Any]) -> None:
+    mask = _params(doc["paths"]["/v1/contacts/{id}"]["patch"], doc)["update_mask"]["schema"]
+    assert mask["maxItems"] == 20
+    names, entries = mask["items"]["anyOf"]
+    assert names["enum"] == [
+        "first_name",
+        "last_name",
+        "emails",
+        "phones",
+        "company_id",
+        "owner_id",
+        "tags",
+        "lifecycle_stage",
+        "custom_fields",
+    ]  # no output-only field: naming one changes nothing
+    assert entries == {"type": "string", "pattern": r"^custom_fields\..+$"}  # one map entry
+    assert mask["items"]["maxLength"] == 64
+
+
+def test_request_headers(doc: dict[str, Any]) -> None:
     post = _params(doc["paths"]["/v1/contacts"]["post"], doc)
     assert post["Idempotency-Key"]["in"] == "header"
+    assert post["Idempotency-Key"]["schema"] == {"type": "string", "minLength": 1, "maxLength": 255}
     assert "If-Match" not in post
     patch = _params(doc["paths"]["/v1/contacts/{id}"]["patch"], doc)
     assert patch["If-Match"]["in"] == "header"
+    # The etag field's bound, and the one entity tag (or *) the gateway accepts.
+    assert patch["If-Match"]["schema"] == {
+        "type": "string",
+        "maxLength": 128,
+        "pattern": f"^{IF_MATCH.pattern}$",
+    }
     assert "Idempotency-Key" not in patch
     assert "etag" not in patch  # sent as If-Match, not as a query parameter
     assert list(patch) == ["id", "update_mask", "If-Match"]
-    assert patch["update_mask"]["schema"]["type"] == "array"
     delete = _params(doc["paths"]["/v1/contacts/{id}"]["delete"], doc)
     assert set(delete) == {"id", "If-Match"}
     assert "If-Match" not in _params(doc["paths"]["/v1/contacts/{id}"]["get"], doc)
 
-    ok = doc["paths"]["/v1/contacts/{id}"]["get"]["responses"]["200"]
-    assert _resolve(doc, ok["headers"]["ETag"]["$ref"])["schema"] == {"type": "string"}
-    listed = doc["paths"]["/v1/contacts"]["get"]["responses"]["200"]
-    assert "headers" not in listed  # ListContactsResponse has no etag
+
+def _headers(doc: dict[str, Any], response: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if "$ref" in response:
+        response = _resolve(doc, response["$ref"])
+    return {
+        name: _resolve(doc, h["$ref"]) if "$ref" in h else h
+        for name, h in response.get("headers", {}).items()
+    }
+
+
+def test_response_headers(doc: dict[str, Any]) -> None:
+    rate = {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
+    created = _headers(doc, doc["paths"]["/v1/contacts"]["post"]["responses"]["201"])
+    assert set(created) == {"X-Request-Id", "ETag", "Location", "Idempotent-Replayed"} | rate
+    assert created["ETag"]["required"] is True
+    assert created["Location"]["required"] is False
+    assert created["Idempotent-Replayed"]["required"] is False
+    assert created["RateLimit-Remaining"]["schema"] == {"type": "integer", "minimum": 0}
+
+    listed = _headers(doc, doc["paths"]["/v1/contacts"]["get"]["responses"]["200"])
+    assert set(listed) == {"X-Request-Id"} | rate  # ListContactsResponse has no etag
+    deleted = _headers(doc, doc["paths"]["/v1/contacts/{id}"]["delete"]["responses"]["204"])
+    assert set(deleted) == {"X-Request-Id"} | rate
+
+    responses = doc["paths"]["/v1/contacts/{id}"]["get"]["responses"]
+    # Before authentication there is no caller to count for: no RateLimit headers.
+    assert set(_headers(doc, responses["401"])) == {"X-Request-Id", "WWW-Authenticate"}
+    assert set(_headers(doc, responses["403"])) == {"X-Request-Id"}
+    limited = _headers(doc, responses["429"])
+    assert set(limited) == {"X-Request-Id", "Retry-After"} | rate
+    assert limited["Retry-After"]["required"] is True
+    unavailable = _headers(doc, responses["503"])
+    assert unavailable["Retry-After"]["required"] is False
+    # A path naming no resource is refused before authentication, a missing record after it.
+    assert all(not h["required"] for n, h in _headers(doc, responses["404"]).items() if n in rate)
 
 
 def test_request_bodies(doc: dict[str, Any]) -> None:
     body = doc["paths"]["/v1/contacts"]["post"]["requestBody"]
     assert body["required"] is True
     assert body["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/crm.contacts.v1.Contact"
+        "$ref": "#/components/schemas/crm.contacts.v1.Contact-Input"
+    }
+    patch = doc["paths"]["/v1/contacts/{id}"]["patch"]["requestBody"]
+    assert patch["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/crm.contacts.v1.Contact-Patch"
     }
     star = doc["paths"]["/v1/things/{id}:archive"]["post"]["requestBody"]
     ref = star["content"]["application/json"]["schema"]["$ref"]
-    assert ref == "#/components/schemas/crm.oastest.v1.ArchiveThingRequest"
+    assert ref == "#/components/schemas/crm.oastest.v1.ArchiveThingRequest-Input"
     assert "requestBody" not in doc["paths"]["/v1/contacts/{id}"]["get"]
+
+
+def test_what_the_server_writes(doc: dict[str, Any]) -> None:
+    contact = _schema(doc, "crm.contacts.v1.Contact")
+    props = contact["properties"]
+    # Every field without presence is always printed; a message field may be absent.
+    assert "create_time" not in contact["required"]
+    assert set(contact["required"]) == set(props) - {"create_time", "update_time"}
+    assert [n for n, p in props.items() if p.get("readOnly")] == [
+        "id",
+        "version",
+        "etag",
+        "create_time",
+        "update_time",
+    ]
+    assert "additionalProperties" not in contact  # a newer server may add fields
+    # A stage added later must not break a client generated from this document.
+    assert props["lifecycle_stage"]["anyOf"] == [
+        {"$ref": "#/components/schemas/crm.contacts.v1.LifecycleStage"},
+        {"type": "string"},
+    ]
+    secret = _schema(doc, "crm.gateway.v1.ApiKey")["properties"]["secret"]
+    assert secret["readOnly"] is True
+    # The gateway leaves an empty `errors` out of a problem.
+    assert "errors" not in _schema(doc, "crm.common.v1.Problem")["required"]
+
+
+def test_what_a_client_writes(doc: dict[str, Any]) -> None:
+    created = _schema(doc, "crm.contacts.v1.Company-Input")
+    assert created["title"] == "CompanyInput"
+    assert created["additionalProperties"] is False  # unknown fields are a 400
+    assert created["required"] == ["name"]
+    assert not {"id", "version", "etag", "create_time", "update_time"} & set(created["properties"])
+    props = created["properties"]
+    assert props["name"] == {
+        "type": "string",
+        "maxLength": 200,
+        "minLength": 1,
+        "pattern": r"\S",
+        "description": "Display name.",
+    }
+    # proto3 JSON reads null as the default, so an optional field takes it; a required one not.
+    assert props["industry"]["type"] == ["string", "null"]
+    assert props["size"] == {
+        "type": ["integer", "null"],
+        "format": "int32",
+        "minimum": 0,
+        "description": "Number of employees.",
+    }
+    patched = _schema(doc, "crm.contacts.v1.Company-Patch")
+    assert "required" not in patched  # a PATCH changes only the keys sent
+    assert patched["properties"]["name"] == props["name"]  # but a name sent must not be blank
+
+    definition = _schema(doc, "crm.contacts.v1.FieldDefinition-Input")
+    assert definition["required"] == ["object_type", "name", "type"]
+    assert definition["properties"]["object_type"] == {
+        "$ref": "#/components/schemas/crm.contacts.v1.ObjectType",
+        "not": {"const": "OBJECT_TYPE_UNSPECIFIED"},  # the zero value is "unset"
+        "description": "The record type the field belongs to.",
+    }
+    stage = _schema(doc, "crm.contacts.v1.Contact-Input")["properties"]["lifecycle_stage"]
+    assert stage["anyOf"] == [
+        {"$ref": "#/components/schemas/crm.contacts.v1.LifecycleStage"},
+        {"type": "null"},
+    ]
+
+    scopes = _schema(doc, "crm.gateway.v1.ApiKey-Input")["properties"]["scopes"]
+    assert scopes["minItems"] == 1
+    assert scopes["items"]["enum"] == ["admin", "contacts:read", "contacts:write"]
+    assert "enum" not in _schema(doc, "crm.gateway.v1.ApiKey")["properties"]["scopes"]["items"]
 
 
 def test_responses(doc: dict[str, Any]) -> None:
@@ -268,9 +425,12 @@ def test_responses(doc: dict[str, Any]) -> None:
     assert get["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/crm.contacts.v1.Contact"
     }
-    statuses = {"400", "401", "403", "404", "409", "412", "413", "422", "429", "503"}
+    statuses = {"400", "401", "403", "404", "409", "413", "429", "503", "504"}
     assert set(get) == {"200"} | statuses
+    assert set(doc["paths"]["/v1/contacts/{id}"]["patch"]["responses"]) == {"200", "412"} | statuses
+    assert set(doc["paths"]["/v1/contacts"]["post"]["responses"]) == {"201", "422"} | statuses
     problem = _resolve(doc, get["404"]["$ref"])
+    assert problem["description"] == "The resource does not exist."
     schema = problem["content"]["application/problem+json"]["schema"]
     assert _resolve(doc, schema["$ref"])["properties"]["errors"]["items"] == {
         "$ref": "#/components/schemas/crm.common.v1.FieldViolation"
@@ -293,7 +453,6 @@ def test_message_schemas_follow_proto3_json(doc: dict[str, Any]) -> None:
     assert props["version"]["type"] == "string"  # int64
     assert props["version"]["format"] == "int64"
     assert props["create_time"]["format"] == "date-time"
-    assert props["lifecycle_stage"]["$ref"] == "#/components/schemas/crm.contacts.v1.LifecycleStage"
     custom = props["custom_fields"]
     assert custom["type"] == "object"
     assert custom["additionalProperties"] == {}  # google.protobuf.Value: any JSON
@@ -312,10 +471,10 @@ def test_every_scalar_type(doc: dict[str, Any]) -> None:
         "f": {"type": "number", "format": "float"},
         "i32": {"type": "integer", "format": "int32"},
         "u32": {"type": "integer", "format": "uint32", "minimum": 0},
-        "i64": {"type": "string", "format": "int64"},
-        "u64": {"type": "string", "format": "uint64"},
+        "i64": {"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"},
+        "u64": {"type": "string", "format": "uint64", "pattern": "^[0-9]+$"},
         "b": {"type": "boolean"},
-        "raw": {"type": "string", "format": "byte"},
+        "raw": {"type": "string", "contentEncoding": "base64"},
         "mask": {"type": "string", "description": "Comma-separated field paths."},
         "attrs": {"type": "object", "additionalProperties": True},
         "ttl": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?s$"},
@@ -331,7 +490,7 @@ def test_every_scalar_type(doc: dict[str, Any]) -> None:
 def test_without_comments(table: RouteTable, tmp_path: Path) -> None:
     doc = build_openapi(table, title="T", version="1", descriptor_set=tmp_path / "missing.binpb")
     validate(doc)
-    assert "servers" not in doc
+    assert doc["servers"] == [{"url": "/", "description": "This gateway"}]  # where it is served
     op = doc["paths"]["/v1/contacts"]["post"]
     assert "summary" not in op
     assert op["description"] == "Requires the `contacts:write` scope."
@@ -347,3 +506,18 @@ def test_load_comments() -> None:
     assert comments["crm.contacts.v1.FieldType.FIELD_TYPE_BOOL"] == "true or false."
     assert comments["crm.common.v1.Problem"].startswith("An RFC 9457 problem document, as")
     assert "crm.contacts.v1.LifecycleStage.LIFECYCLE_STAGE_LEAD" not in comments  # uncommented
+
+
+def test_a_create_links_to_what_it_made(doc: dict[str, Any]) -> None:
+    links = doc["paths"]["/v1/contacts"]["post"]["responses"]["201"]["links"]
+    assert links["GetContact"] == {
+        "operationId": "GetContact",
+        "parameters": {"id": "$response.body#/id"},
+    }
+    assert links["UpdateContact"]["parameters"] == {
+        "id": "$response.body#/id",
+        "header.If-Match": "$response.header.ETag",
+    }
+    assert set(links) == {"GetContact", "UpdateContact", "DeleteContact"}
+    listed = doc["paths"]["/v1/contacts"]["get"]["responses"]["200"]
+    assert "links" not in listed

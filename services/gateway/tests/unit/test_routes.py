@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from crm.contacts.v1 import contacts_pb2
 from crm.gateway.v1 import gateway_pb2
 from trellis_gateway.routes import (
+    IF_MATCH,
     RequestError,
     Route,
     RouteTable,
@@ -286,6 +287,7 @@ def test_query_values_convert_by_field_type(table: RouteTable) -> None:
         "company_id": "",
         "updated_after": "2024-05-01T12:00:00Z",
         "lifecycle_stage": "LIFECYCLE_STAGE_LEAD",
+        "email": "",
     }
 
 
@@ -302,6 +304,9 @@ def test_query_bools_and_repeated(table: RouteTable) -> None:
     assert list(req.update_mask) == ["a", "b"]  # type: ignore[attr-defined]
 
 
+_STAGES = "expected one of " + ", ".join(contacts_pb2.LifecycleStage.keys())
+
+
 @pytest.mark.parametrize(
     ("query", "field", "message"),
     [
@@ -311,11 +316,8 @@ def test_query_bools_and_repeated(table: RouteTable) -> None:
         ({"page_size": ["1", "2"]}, "page_size", "expected a single value"),
         ({"bogus": ["1"]}, "bogus", "unknown query parameter"),
         ({"page_size.x": ["1"]}, "page_size.x", "unknown query parameter"),
-        (
-            {"lifecycle_stage": ["LEAD"]},
-            "lifecycle_stage",
-            "Invalid enum value LEAD for enum type crm.contacts.v1.LifecycleStage",
-        ),
+        ({"lifecycle_stage": ["LEAD"]}, "lifecycle_stage", _STAGES),
+        ({"lifecycle_stage": ["2"]}, "lifecycle_stage", _STAGES),  # numbers are not names
         (
             {"updated_after": ["2024-05-01"]},
             "updated_after",
@@ -352,6 +354,7 @@ def test_query_fields(table: RouteTable) -> None:
         "company_id",
         "updated_after",
         "lifecycle_stage",
+        "email",
     ]
     patch = _match(table, "PATCH", "/v1/contacts/c1")[0]
     assert [f.name for f in query_fields(patch)] == ["update_mask", "etag"]
@@ -490,3 +493,28 @@ def test_request_classes_are_concrete(table: RouteTable) -> None:
         assert route.response_class().DESCRIPTOR is route.method.output_type
         for f in route.request_class.DESCRIPTOR.fields:
             assert isinstance(f, FieldDescriptor)
+
+
+@pytest.mark.parametrize("stage", [2, False, 2.0])
+def test_enums_in_a_body_are_names_only(table: RouteTable, stage: object) -> None:
+    route, params = _match(table, "POST", "/v1/contacts")
+    with pytest.raises(RequestError) as err:
+        build_request(route, params, {}, {"first_name": "Ada", "lifecycle_stage": stage})
+    assert err.value.field == "contact.lifecycle_stage"
+    assert err.value.message.startswith("expected one of: LIFECYCLE_STAGE_UNSPECIFIED")
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        ('"abc"', True),
+        ('W/"abc"', True),
+        ("abc", True),
+        ("*", True),
+        ("", False),
+        ('"a", "b"', False),
+        ('"a b"', False),
+    ],
+)
+def test_if_match_holds_one_entity_tag(header: str, ok: bool) -> None:
+    assert bool(IF_MATCH.fullmatch(header)) is ok

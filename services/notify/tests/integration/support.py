@@ -65,7 +65,7 @@ def settings_for(app_url: str, nats_url: str, smtp_port: int, **overrides: Any) 
             "db_pool_max": 10,
             "shutdown_grace_seconds": 2,
             "webhook_allow_private": True,
-            "webhook_timeout_seconds": 3,
+            "webhook_timeout_seconds": 10,
             "webhook_retry_schedule": SCHEDULE,
             "webhook_concurrency": 16,
             "webhook_per_endpoint_concurrency": 2,
@@ -127,7 +127,7 @@ async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[Any] | Any], *, within: float = 20, what: str = "it"
+    check: Callable[[], Awaitable[Any] | Any], *, within: float = 60, what: str = "it"
 ) -> Any:
     """Poll until `check()` is truthy; fail naming `what` and the last value."""
     deadline = time.monotonic() + within

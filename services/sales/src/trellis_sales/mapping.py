@@ -1,0 +1,398 @@
+"""Protobuf <-> domain values: the api maps requests and replies with it, the stores events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
+from enum import Enum
+from typing import Any, TypeVar
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.internal.containers import MessageMap
+from google.protobuf.message import Message
+
+from crm.sales.v1 import sales_pb2
+from crmkit.errors import Invalid, invalid_field
+from trellis_sales import scoring
+from trellis_sales.domain import (
+    Activity,
+    ActivityFields,
+    ActivityKind,
+    ContactSummary,
+    Deal,
+    DealFields,
+    ForecastCategory,
+    Lead,
+    LeadFields,
+    LeadStatus,
+    Meta,
+    Period,
+    Pipeline,
+    PipelineFields,
+    Stage,
+    StageKind,
+    parse_date,
+)
+from trellis_sales.scoring import Condition, Factor, Operator, Rule, RuleFields, RuleKind
+
+E = TypeVar("E", bound=Enum)
+V = TypeVar("V", bound=int)  # a proto enum's ValueType
+
+
+# --- enums ------------------------------------------------------------------------------------
+# Proto enum values carry their type's name as a prefix ("LEAD_STATUS_NEW"); the domain's
+# members are the rest ("NEW"), so the two map by name and a new value cannot be missed.
+
+
+def _from_proto(name_of: Callable[[V], str], number: V, prefix: str, kind: type[E]) -> E | None:
+    """The domain member of a proto enum number; None for UNSPECIFIED and unknown numbers."""
+    try:
+        name = name_of(number).removeprefix(prefix)
+    except ValueError:  # proto3 enums are open: any number can arrive
+        return None
+    return kind.__members__.get(name)
+
+
+def _enum(
+    name_of: Callable[[V], str], number: V, prefix: str, kind: type[E], path: str
+) -> E | None:
+    """As _from_proto, but an unknown number (not UNSPECIFIED) is the caller's error."""
+    member = _from_proto(name_of, number, prefix, kind)
+    if member is None and number != 0:
+        raise invalid_field(path, f"unknown value {number}")
+    return member
+
+
+def _proto_name(member: Enum | None, prefix: str) -> str:
+    return prefix + (member.name if member is not None else "UNSPECIFIED")
+
+
+def lead_status(number: sales_pb2.LeadStatus.ValueType, path: str) -> LeadStatus | None:
+    return _enum(sales_pb2.LeadStatus.Name, number, "LEAD_STATUS_", LeadStatus, path)
+
+
+def activity_kind(number: sales_pb2.ActivityKind.ValueType, path: str) -> ActivityKind | None:
+    return _enum(sales_pb2.ActivityKind.Name, number, "ACTIVITY_KIND_", ActivityKind, path)
+
+
+def period(number: sales_pb2.Period.ValueType) -> Period:
+    found = _enum(sales_pb2.Period.Name, number, "PERIOD_", Period, "period")
+    if found is None:
+        raise invalid_field("period", "must be MONTH or QUARTER")
+    return found
+
+
+# --- shared pieces ----------------------------------------------------------------------------
+
+
+def custom_from_proto(values: Mapping[str, struct_pb2.Value]) -> dict[str, object]:
+    """Custom values as sent, for the domain to judge. A list or struct stays a message, which
+    the domain refuses; a Value without a kind reads as null (clears the field)."""
+    out: dict[str, object] = {}
+    for name, value in values.items():
+        kind = value.WhichOneof("kind")
+        out[name] = None if kind in (None, "null_value") else getattr(value, kind)
+    return out
+
+
+def _custom_to_proto(values: Mapping[str, Any], target: MessageMap[str, struct_pb2.Value]) -> None:
+    for name, value in values.items():
+        json_format.ParseDict(value, target[name])
+
+
+def time_from_proto(msg: Message, name: str, path: str) -> datetime | None:
+    if not msg.HasField(name):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(msg, name)
+    try:
+        return stamp.ToDatetime(UTC)
+    except (ValueError, OverflowError):  # seconds or nanos outside what a Timestamp may hold
+        raise invalid_field(path, "not a valid time") from None
+
+
+def _stamp(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:
+    if value is not None:
+        target.FromDatetime(value)
+
+
+def _meta(msg: Any, meta: Meta) -> None:
+    msg.id = meta.id
+    msg.version = meta.version
+    msg.etag = meta.etag
+    msg.create_time.FromDatetime(meta.create_time)
+    msg.update_time.FromDatetime(meta.update_time)
+
+
+def _date(value: date | None) -> str:
+    return value.isoformat() if value is not None else ""
+
+
+def summary_to_proto(summary: ContactSummary | None) -> sales_pb2.ContactSummary | None:
+    if summary is None:
+        return None
+    return sales_pb2.ContactSummary(
+        id=summary.id,
+        first_name=summary.first_name,
+        last_name=summary.last_name,
+        email=summary.email,
+        company_id=summary.company_id,
+        company_name=summary.company_name,
+    )
+
+
+# --- leads ------------------------------------------------------------------------------------
+
+
+def lead_draft(msg: sales_pb2.Lead, path: str = "lead") -> LeadFields:
+    return LeadFields(
+        first_name=msg.first_name,
+        last_name=msg.last_name,
+        email=msg.email,
+        phone=msg.phone,
+        company_name=msg.company_name,
+        company_size=msg.company_size,
+        title=msg.title,
+        source=msg.source,
+        contact_id=msg.contact_id,
+        owner_id=msg.owner_id,
+        status=lead_status(msg.status, f"{path}.status"),
+        tags=tuple(msg.tags),
+        custom_fields=custom_from_proto(msg.custom_fields),
+    )
+
+
+def factor_to_proto(factor: Factor) -> sales_pb2.ScoreFactor:
+    return sales_pb2.ScoreFactor(
+        rule_id=factor.rule_id,
+        label=factor.label,
+        kind=sales_pb2.RuleKind.Value(_proto_name(factor.kind, "RULE_KIND_")),
+        points=factor.points,
+        events=factor.events,
+    )
+
+
+def lead_to_proto(lead: Lead) -> sales_pb2.Lead:
+    f = lead.fields
+    msg = sales_pb2.Lead(
+        first_name=f.first_name,
+        last_name=f.last_name,
+        email=f.email,
+        phone=f.phone,
+        company_name=f.company_name,
+        company_size=f.company_size,
+        title=f.title,
+        source=f.source,
+        contact_id=f.contact_id,
+        owner_id=f.owner_id,
+        status=sales_pb2.LeadStatus.Value(_proto_name(f.status, "LEAD_STATUS_")),
+        tags=f.tags,
+        score=lead.score.points,
+        score_factors=[factor_to_proto(x) for x in lead.score.factors],
+        contact=summary_to_proto(lead.contact),
+        converted_deal_id=lead.converted_deal_id,
+    )
+    _meta(msg, lead.meta)
+    msg.score_time.FromDatetime(lead.score_time)
+    _stamp(msg.convert_time, lead.convert_time)
+    _custom_to_proto(f.custom_fields, msg.custom_fields)
+    return msg
+
+
+# --- scoring rules ----------------------------------------------------------------------------
+
+
+def rule_draft(msg: sales_pb2.ScoringRule, path: str = "scoring_rule") -> RuleFields:
+    conditions = tuple(
+        Condition(
+            field=c.field,
+            operator=_enum(
+                sales_pb2.Operator.Name,
+                c.operator,
+                "OPERATOR_",
+                Operator,
+                f"{path}.conditions[{i}].operator",
+            ),
+            values=tuple(c.values),
+        )
+        for i, c in enumerate(msg.conditions)
+    )
+    return RuleFields(
+        label=msg.label,
+        kind=_enum(sales_pb2.RuleKind.Name, msg.kind, "RULE_KIND_", RuleKind, f"{path}.kind"),
+        points=msg.points,
+        conditions=conditions,
+        event_type=msg.event_type,
+        contact_field=msg.contact_field,
+        half_life_days=msg.half_life_days,
+    )
+
+
+def rule_to_proto(rule: Rule) -> sales_pb2.ScoringRule:
+    f = rule.fields
+    msg = sales_pb2.ScoringRule(
+        label=f.label,
+        kind=sales_pb2.RuleKind.Value(_proto_name(f.kind, "RULE_KIND_")),
+        points=f.points,
+        conditions=[
+            sales_pb2.Condition(
+                field=c.field,
+                operator=sales_pb2.Operator.Value(_proto_name(c.operator, "OPERATOR_")),
+                values=c.values,
+            )
+            for c in f.conditions
+        ],
+        event_type=f.event_type,
+        contact_field=f.contact_field,
+        half_life_days=f.half_life_days,
+    )
+    _meta(msg, rule.meta)
+    return msg
+
+
+def conditions_to_json(conditions: tuple[Condition, ...]) -> list[dict[str, Any]]:
+    return [
+        {"field": c.field, "operator": c.operator.value if c.operator else "", "values": c.values}
+        for c in conditions
+    ]
+
+
+def conditions_from_json(raw: list[dict[str, Any]]) -> tuple[Condition, ...]:
+    return tuple(Condition(c["field"], Operator(c["operator"]), tuple(c["values"])) for c in raw)
+
+
+def factors_to_json(factors: tuple[Factor, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "rule_id": x.rule_id,
+            "label": x.label,
+            "kind": x.kind.value,
+            "points": x.points,
+            "events": x.events,
+        }
+        for x in factors
+    ]
+
+
+def factors_from_json(raw: list[dict[str, Any]]) -> tuple[Factor, ...]:
+    return tuple(
+        Factor(x["rule_id"], x["label"], scoring.RuleKind(x["kind"]), x["points"], x["events"])
+        for x in raw
+    )
+
+
+# --- pipelines --------------------------------------------------------------------------------
+
+
+def pipeline_draft(msg: sales_pb2.Pipeline, path: str = "pipeline") -> PipelineFields:
+    stages = []
+    for i, s in enumerate(msg.stages):
+        kind = _enum(
+            sales_pb2.StageKind.Name, s.kind, "STAGE_KIND_", StageKind, f"{path}.stages[{i}].kind"
+        )
+        stages.append(Stage(s.id, s.name, s.probability, kind or StageKind.OPEN))
+    return PipelineFields(name=msg.name, stages=tuple(stages), is_default=msg.is_default)
+
+
+def pipeline_to_proto(pipeline: Pipeline) -> sales_pb2.Pipeline:
+    f = pipeline.fields
+    msg = sales_pb2.Pipeline(
+        name=f.name,
+        is_default=f.is_default,
+        stages=[
+            sales_pb2.Stage(
+                id=s.id,
+                name=s.name,
+                probability=s.probability,
+                kind=sales_pb2.StageKind.Value(_proto_name(s.kind, "STAGE_KIND_")),
+            )
+            for s in f.stages
+        ],
+    )
+    _meta(msg, pipeline.meta)
+    return msg
+
+
+# --- deals ------------------------------------------------------------------------------------
+
+
+def deal_draft(msg: sales_pb2.Deal, path: str = "deal") -> DealFields:
+    out: list[tuple[str, str]] = []
+    close_date = parse_date(msg.close_date, f"{path}.close_date", out)
+    if out:
+        raise Invalid(out)
+    return DealFields(
+        name=msg.name,
+        amount=msg.amount,
+        currency=msg.currency,
+        pipeline_id=msg.pipeline_id,
+        stage_id=msg.stage_id,
+        close_date=close_date,
+        owner_id=msg.owner_id,
+        contact_id=msg.contact_id,
+        company_id=msg.company_id,
+        forecast_category=_enum(
+            sales_pb2.ForecastCategory.Name,
+            msg.forecast_category,
+            "FORECAST_CATEGORY_",
+            ForecastCategory,
+            f"{path}.forecast_category",
+        ),
+        custom_fields=custom_from_proto(msg.custom_fields),
+    )
+
+
+def deal_to_proto(deal: Deal) -> sales_pb2.Deal:
+    f = deal.fields
+    msg = sales_pb2.Deal(
+        name=f.name,
+        amount=f.amount,
+        currency=f.currency,
+        pipeline_id=f.pipeline_id,
+        stage_id=f.stage_id,
+        close_date=_date(f.close_date),
+        owner_id=f.owner_id,
+        contact_id=f.contact_id,
+        company_id=f.company_id,
+        forecast_category=sales_pb2.ForecastCategory.Value(
+            _proto_name(f.forecast_category, "FORECAST_CATEGORY_")
+        ),
+        lead_id=deal.lead_id,
+        contact=summary_to_proto(deal.contact),
+    )
+    _meta(msg, deal.meta)
+    _stamp(msg.close_time, deal.close_time)
+    _custom_to_proto(f.custom_fields, msg.custom_fields)
+    return msg
+
+
+# --- activities -------------------------------------------------------------------------------
+
+
+def activity_draft(msg: sales_pb2.Activity, path: str = "activity") -> ActivityFields:
+    return ActivityFields(
+        kind=activity_kind(msg.kind, f"{path}.kind"),
+        subject=msg.subject,
+        body=msg.body,
+        lead_id=msg.lead_id,
+        deal_id=msg.deal_id,
+        due_time=time_from_proto(msg, "due_time", f"{path}.due_time"),
+        done=msg.done,
+        owner_id=msg.owner_id,
+    )
+
+
+def activity_to_proto(activity: Activity) -> sales_pb2.Activity:
+    f = activity.fields
+    msg = sales_pb2.Activity(
+        kind=sales_pb2.ActivityKind.Value(_proto_name(f.kind, "ACTIVITY_KIND_")),
+        subject=f.subject,
+        body=f.body,
+        lead_id=f.lead_id,
+        deal_id=f.deal_id,
+        done=f.done,
+        owner_id=f.owner_id,
+    )
+    _meta(msg, activity.meta)
+    _stamp(msg.due_time, f.due_time)
+    _stamp(msg.done_time, activity.done_time)
+    return msg
