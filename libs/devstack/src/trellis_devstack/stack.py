@@ -173,7 +173,8 @@ class Stack:
             if name in self.urls:
                 subprocess.run(self.command(name, "migrate"), env=self.env(name), check=True)  # noqa: S603
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 120) -> None:
+        # Generous: every service starts at once, and a shared machine may be busy.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
