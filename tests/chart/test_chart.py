@@ -416,7 +416,7 @@ TEMPLATE_REJECTS = [
     pytest.param(
         {"services": {"gateway": {"env": {"INTERNAL_TOKEN_KEY_ID": "gateway-2"}}}},
         'services.gateway.env.INTERNAL_TOKEN_KEY_ID: "gateway-2" is not a kid of '
-        "internalToken.publicKeys (gateway-1): every token it signs would be refused",
+        "internalToken.publicKeys (gateway-1, notify-1): every token it signs would be refused",
         id="signing-key-not-trusted",
     ),
 ]
@@ -819,9 +819,11 @@ class Policies:
         return [f"<peer {peer}>"]
 
     def egress(self) -> set[Edge]:
-        targets = self.np["egress"]
         edges: set[Edge] = set()
         for pod in self.pods:
+            # The shared destinations, and the pod's service's own (notify: webhooks, smtp).
+            own = services(self.r).get(pod, {}).get("egress", {})
+            targets = {**self.np["egress"], **own}
             selecting = self._selecting(pod, "Egress")
             if not selecting:
                 edges.add((pod, ANY, 0))
@@ -869,6 +871,7 @@ def expected_edges(r: Render) -> tuple[set[Edge], set[Edge], set[Edge]]:
             inbound |= {("ingress", name, ports[p]) for p in svc["expose"]["ports"]}
         inbound.add(("monitoring", name, ports["metrics"]))
         outbound |= {(name, "dns", egress["dns"]["port"]), (name, "nats", egress["nats"]["port"])}
+        outbound |= {(name, target, t["port"]) for target, t in svc.get("egress", {}).items()}
         if r.values["otel"]["endpoint"]:
             outbound.add((name, "otlp", egress["otlp"]["port"]))
         if svc["database"]["enabled"]:
@@ -915,15 +918,19 @@ def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
         ("sales", "contacts", 50051),
         ("gateway", "support", 50051),
         ("support", "contacts", 50051),
+        ("gateway", "notify", 50051),
+        ("notify", "contacts", 50051),
         ("test", "gateway", 8080),
     }
     assert inbound == {
         ("ingress", "gateway", 8080),
         ("ingress", "gateway", 50050),
+        ("ingress", "notify", 8080),
         ("monitoring", "contacts", 9090),
         ("monitoring", "support", 9090),
         ("monitoring", "gateway", 9090),
         ("monitoring", "sales", 9090),
+        ("monitoring", "notify", 9090),
     }
     check_edges(renders[PROD])
 
@@ -1158,6 +1165,8 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
     assert created == {
         fullname("internal-token-signing-key"),
         fullname("bootstrap-admin-key"),
+        fullname("notify-unsubscribe-key"),
+        fullname("notify-token-signing-key"),
         *(fullname(f"{name}-db") for name in declaration.load().services),
     }
     # a created database Secret holds the app URL only; the owner URL goes to the migration
@@ -1182,7 +1191,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
 
 def test_ingress_reaches_the_gateway(renders: dict[str, Render]) -> None:
     r = renders[PROD]
-    (ingress,) = r.of_kind("Ingress")
+    ingress = r.get("Ingress", fullname("gateway"))
     service = r.get("Service", fullname("gateway"))
     for rule in ingress["spec"]["rules"]:
         for path in rule["http"]["paths"]:
@@ -1331,12 +1340,12 @@ def processes(r: Render) -> Iterator[tuple[str, Manifest]]:
                 yield owner["metadata"]["name"], c
 
 
-def signing_key_ref(r: Render) -> dict[str, Any]:
-    entry = r.values["secrets"]["internalTokenSigningKey"]
+def signing_key_ref(r: Render, entry_name: str = "internalTokenSigningKey") -> dict[str, Any]:
+    entry = r.values["secrets"][entry_name]
     name = entry["existingSecret"] if entry["existingSecret"] and not entry["create"] else None
     return {
         "secretKeyRef": {
-            "name": name or fullname(kebab("internalTokenSigningKey")),
+            "name": name or fullname(kebab(entry_name)),
             "key": entry["key"],
         }
     }
@@ -1379,17 +1388,22 @@ def test_the_ci_keys_are_what_the_services_accept(value_set: str) -> None:
 
 
 @pytest.mark.parametrize("value_set", CI_SETS)
-def test_only_the_gateway_signs(renders: dict[str, Render], value_set: str) -> None:
+def test_only_the_gateway_and_notify_sign(renders: dict[str, Render], value_set: str) -> None:
     r = renders[value_set]
     signers = {}
     for owner, c in processes(r):
         env = container_env(r, c)
         if PRIVATE_KEY in env:
             signers[owner] = env[PRIVATE_KEY]
-    # the gateway's Deployment, from the Secret of secrets.internalTokenSigningKey; not its
-    # migration Job, which signs nothing
-    assert signers == {fullname("gateway"): signing_key_ref(r)}
+    # the gateway's Deployment, from the Secret of secrets.internalTokenSigningKey, and
+    # notify's (its own key, for campaigns) from secrets.notifyTokenSigningKey; not their
+    # migration Jobs, which sign nothing
+    assert signers == {
+        fullname("gateway"): signing_key_ref(r),
+        fullname("notify"): signing_key_ref(r, "notifyTokenSigningKey"),
+    }
     assert r.get("ConfigMap", fullname("gateway"))["data"][KEY_ID] == "gateway-1"
+    assert r.get("ConfigMap", fullname("notify"))["data"][KEY_ID] == "notify-1"
     ref = signing_key_ref(r)["secretKeyRef"]
     if r.has("Secret", ref["name"]):
         created = base64.b64decode(r.get("Secret", ref["name"])["data"][ref["key"]]).decode()
@@ -1449,9 +1463,9 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
     """docs/operations.md's rotation, on the chart-created key of ci/minimal.yaml: trust the new
     key everywhere, switch the gateway to it, stop trusting the old one."""
     base = load_values("minimal")
-    old_jwk = json.loads(TRUSTED_JWKS)["keys"][0]
+    old_jwk, notify_jwk = json.loads(TRUSTED_JWKS)["keys"]  # notify's own key stays
     new = auth.SigningKey.generate("gateway-2")
-    both = auth.jwks(old_jwk, new.public_jwk())
+    both = auth.jwks(old_jwk, new.public_jwk(), notify_jwk)
     steps: list[dict[str, Any]] = [
         {"internalToken": {"publicKeys": both}},
         {
@@ -1460,7 +1474,7 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
             "services": {"gateway": {"env": {KEY_ID: "gateway-2"}}},
         },
         {
-            "internalToken": {"publicKeys": auth.jwks(new.public_jwk())},
+            "internalToken": {"publicKeys": auth.jwks(new.public_jwk(), notify_jwk)},
             "secrets": {"internalTokenSigningKey": {"value": new.pem()}},
             "services": {"gateway": {"env": {KEY_ID: "gateway-2"}}},
         },
@@ -1479,5 +1493,8 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
     # the JWKS rolls every service; the gateway's key and key id roll the gateway alone
     every = set(declaration.load().services)
     assert rolled == [every, {"gateway"}, every]
-    assert "the services trust\nthe keys gateway-2 (internalToken.publicKeys)" in before.notes
+    assert (
+        "the services trust\nthe keys gateway-2, notify-1 (internalToken.publicKeys)"
+        in before.notes
+    )
     assert "signed by the gateway with key gateway-2" in before.notes

@@ -79,6 +79,17 @@ _UNDECLARED_RULES = [
     (r"article\.locale|locale", "not a language tag"),
     (r"status", "required"),
     (r"end_time", "must be after|at most"),
+    # notify: URL and address rules, type patterns, purposes and locales, templates that must
+    # compile, one of two fields (a template or a webhook, a contact or an address, listed
+    # contacts or a filter); references to the tenant's templates, webhooks and contacts
+    (r"webhook\.(url|description|event_types(\[\d+\])?)", ""),
+    (r"suppression\.(email|purpose|detail)|to|contact_id", ""),
+    (r"template(\.[a-z_]+(\[\d+\])?)*|variables(\.[a-z]+)?", ""),
+    (r"rule(\.[a-z_]+(\[\d+\])?)*", ""),
+    (r"campaign(\.[a-z_]+(\[\d+\])?)*", ""),
+    (r"start_time", "required|not a valid time"),
+    # contacts' consent: the purpose's form, a granted consent's legal basis
+    (r"consent\.(purpose|legal_basis|source|time)", ""),
 ]
 
 
@@ -142,9 +153,10 @@ continue-on-failure = true
 "query.page_token" = ""
 
 # A refusal may also be a 412: with `If-Match: *` a record that does not exist fails the
-# precondition (RFC 9110) before its body is judged.
+# precondition (RFC 9110) before its body is judged; or a 413: a string far over its bound
+# (notify's template bodies) makes the body larger than the gateway takes at all.
 [checks.negative_data_rejection]
-expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "412", "415", "422", "428", "429"]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "412", "413", "415", "422", "428", "429"]
 
 # Stateful sequences follow the links the document declares: schemathesis' dependency
 # inference put a created record under a body key no schema has ("company" in a Company).

@@ -4,7 +4,9 @@ Every call carries a deadline; the channel retries a transient failure only wher
 callee's contract says a repeat cannot do anything twice (`idempotency_level`); a service
 acts on behalf of the caller it is serving by sending that caller's identity token onward
 (it holds no key that could speak for anyone else), with the request id, and with an
-idempotency key of its own choosing for writes, so its own retries never write twice.
+idempotency key of its own choosing for writes, so its own retries never write twice. Work
+no caller asked for (a scheduled campaign) is done as the service itself: with its own key,
+as principal `service:<name>` in one tenant, within the scopes its public key allows.
 Failures come back as this process's ServiceErrors: the callee's status and details, or
 UNAVAILABLE naming the callee when it could not be reached.
 """
@@ -57,13 +59,24 @@ def channel(services: Iterable[ServiceDescriptor], address: str) -> grpc.aio.Cha
 
 
 class Callee:
-    """Another service of the platform, called on behalf of the current caller."""
+    """Another service of the platform, called on behalf of the current caller, or as this
+    service itself when it has a key of its own (`own_key`)."""
 
-    def __init__(self, domain: str, address: str, timeout: float) -> None:
+    def __init__(
+        self, domain: str, address: str, timeout: float, own_key: auth.SigningKey | None = None
+    ) -> None:
         self.domain = domain
         self.channel = channel(contract.services_of_domain(domain), address)
         self._traced = telemetry.recording()
         self._timeout = timeout
+        self._own_key = own_key
+
+    def as_itself(self, tenant_id: str, scopes: Iterable[str]) -> str:
+        """An identity token of this service in `tenant_id` (for `call(..., token=)`)."""
+        if self._own_key is None:
+            raise RuntimeError("this service has no key of its own to call as itself")
+        ident = context.Identity(tenant_id, f"service:{self._own_key.issuer}", frozenset(scopes))
+        return auth.mint(ident, self._own_key)
 
     async def call(
         self,
@@ -71,14 +84,15 @@ class Callee:
         request: Message,
         *,
         idempotency_key: str = "",
+        token: str | None = None,
     ) -> R:
         """`method` (a stub's bound method) with the current caller's identity and request id.
 
         `idempotency_key` makes a write safe to repeat: choose one that names the effect
         (e.g. "lead-convert:<lead id>"), so the caller's retries and this service's alike
-        find the first result.
+        find the first result. `token` (from `as_itself`) calls as this service instead.
         """
-        token = context.identity_token.get()
+        token = token or context.identity_token.get()
         if not token:  # only reachable from code that is not serving a call
             raise RuntimeError("no caller to act on behalf of")
         metadata: list[tuple[str, Any]] = [

@@ -33,6 +33,9 @@ _INBOX = (
     "INSERT INTO inbox (tenant_id, consumer, event_id) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 )
 _ERROR_HEADER_MAX = 1000
+# The pull for the rest of a batch asks for messages the stream said were pending, so they
+# come at once; if another replica took them meanwhile, this bounds the wait.
+_MORE_TIMEOUT = 0.5
 
 Outcome = Literal["processed", "duplicate", "retried", "dead_lettered"]
 
@@ -235,8 +238,25 @@ class Consumer:
                 await self._handle(msg)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """One pull; an empty list on timeout (normal when idle) or when stopping."""
-        fetch = asyncio.ensure_future(sub.fetch(self._batch, timeout=self._fetch_timeout))
+        """One pull; an empty list on timeout (normal when idle) or when stopping.
+
+        A message is handled as soon as it arrives: nats-py's fetch(n) returns only once n
+        messages came or its wait is over (the server keeps such a pull open), which would hold
+        a lone event for up to `fetch_timeout`. So the waiting pull asks for one; when the
+        stream says more are pending, a second pull asks for exactly those (up to the batch),
+        which are there to be taken at once, so no pull is left open to deliver later.
+        """
+        first = await self._pull(sub, 1, self._fetch_timeout)
+        pending = first[-1].metadata.num_pending if first else 0
+        more = min(self._batch - 1, pending or 0)
+        if more <= 0:
+            return first
+        return first + await self._pull(sub, more, _MORE_TIMEOUT)
+
+    async def _pull(
+        self, sub: JetStreamContext.PullSubscription, count: int, wait_seconds: float
+    ) -> list[Msg]:
+        fetch = asyncio.ensure_future(sub.fetch(count, timeout=wait_seconds))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             done, _ = await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from crmkit import bus, contract, db, metrics, telemetry
+from crmkit import bus, contract, db, listen, metrics, telemetry
 from crmkit.ids import new_id
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,10 @@ class OutboxRelay:
         # The relay's own queries run every second or so; traced, each would be a root trace
         # of its own. The producer spans are unaffected: they start from the stored context.
         with suppress_instrumentation():
-            listener = asyncio.create_task(self._listen(), name="outbox-listen")
+            listener = asyncio.create_task(
+                listen.wake_on_notify(self._pool, "outbox", self._wake, self._stopping),
+                name="outbox-listen",
+            )
             try:
                 await self._loop()
             finally:
@@ -244,48 +246,6 @@ class OutboxRelay:
             self._metrics.backlog.set(row["n"] if row else 0)
         except Exception as err:  # a metric is not worth failing the round for
             log.debug("outbox backlog not refreshed", extra={"error": repr(err)})
-
-    async def _listen(self) -> None:
-        """Set `_wake` on every NOTIFY; reconnect when the connection dies."""
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                async with await self._listen_connect() as conn:
-                    await conn.execute("LISTEN outbox")
-                    failures = 0
-                    self._wake.set()  # rows committed while nobody was listening
-                    while True:
-                        async for _ in conn.notifies(timeout=30.0):
-                            self._wake.set()
-                        # A silently dead socket would just never notify: probe it.
-                        await conn.execute("SELECT 1")
-            except Exception as err:
-                failures += 1
-                delay = bus.retry_delay(failures)
-                log.warning(
-                    "outbox listener connection lost; polling until it is back",
-                    extra={"error": repr(err), "retry_in_seconds": round(delay, 2)},
-                )
-                await self._sleep(delay)
-
-    async def _listen_connect(self) -> psycopg.AsyncConnection[Any]:
-        # Its own connection, not a pooled one: LISTEN state must not leak to other users,
-        # and it must not hold a pool slot forever.
-        conninfo: Any = self._pool.conninfo
-        if callable(conninfo):
-            conninfo = conninfo()
-        if inspect.isawaitable(conninfo):
-            conninfo = await conninfo
-        kwargs: Any = self._pool.kwargs
-        if callable(kwargs):
-            kwargs = kwargs()
-        if inspect.isawaitable(kwargs):
-            kwargs = await kwargs
-        params = {
-            k: v for k, v in dict(kwargs or {}).items() if k not in {"autocommit", "row_factory"}
-        }
-        params.setdefault("application_name", "trellis-outbox-listener")
-        return await psycopg.AsyncConnection.connect(str(conninfo), autocommit=True, **params)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, cut short by `stop()` (but not by NOTIFY: a failing relay should back off)."""

@@ -362,3 +362,37 @@ async def _bound(js: JetStreamContext, name: str) -> bool:
     except Exception:
         return False
     return True
+
+
+async def test_a_lone_event_is_handled_without_waiting_for_a_full_batch(
+    pool: db.Pool, js: JetStreamContext, h: Any
+) -> None:
+    """A pull for a batch returns only once the batch is full or its wait is over; an idle
+    consumer must not hold an event that long (here 60 s, beyond the check's 10)."""
+    tenant, name = new_id(), unique_name()
+
+    async def handle(event: Event, conn: db.Conn) -> None:
+        await record(conn, name, event)
+
+    consumer = Consumer(
+        js,
+        pool,
+        name=name,
+        filter_subjects=[f"crm.events.{tenant}.>"],
+        handler=handle,
+        batch=50,
+        fetch_timeout=60.0,
+        info_interval=0.5,
+    )
+    async with h.running(consumer):
+        first = await publish(js, tenant, {"n": 1})
+        await h.eventually(lambda: seen(pool, name), within=10, what="the lone event")
+        # A backlog is still taken a batch at a time, all of it, in order.
+        burst = [await publish(js, tenant, {"n": i}) for i in range(120)]
+        await h.eventually(lambda: _has(seen(pool, name), burst[-1]), within=20, what="the burst")
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT event_id FROM seen WHERE consumer = %s ORDER BY seen_at", (name,)
+        )
+        handled = [r["event_id"] for r in await cur.fetchall()]
+    assert handled == [first, *burst]

@@ -117,5 +117,5 @@ def test_idempotency_comes_from_the_contract() -> None:
     service = contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"]
     takes_key = {m.name for m in service.methods if contract.takes_idempotency_key(m)}
     retried = {m.name for m in service.methods if contract.retry_safe(m)}
-    assert takes_key == {"CreateContact", "CreateCompany", "CreateFieldDefinition"}
+    assert takes_key == {"CreateContact", "CreateCompany", "CreateFieldDefinition", "SetConsent"}
     assert retried == {m.name for m in service.methods} - takes_key

@@ -18,6 +18,9 @@ from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.stack import Stack, fixed_ports, new_secrets
 
 DATA = Path(os.environ.get("TRELLIS_DATA_DIR", ".data")).resolve()
+# The outside world on this machine: the capture mailbox (the SMTP relay of the services'
+# developmentEnv) and a webhook receiver (trellis_devstack.capture).
+CAPTURE_SMTP_PORT, CAPTURE_HTTP_PORT = 1025, 8025
 
 
 def demo_scopes(decl: declaration.Declaration) -> list[str]:
@@ -60,7 +63,10 @@ def _announce(stack: Stack, manager: Manager) -> None:
         f"  Gateway (gRPC):  {stack.grpc_address(declaration.GATEWAY)}\n"
         f"  API docs:        {url}/docs   (OpenAPI: {url}/v1/openapi.json)\n"
         f"  Demo tenant:     {tenant_id}\n"
-        f"  API key:         {key}\n\n"
+        f"  API key:         {key}\n"
+        f"  Mail sent:       {DATA / 'capture' / 'mail'}   (SMTP 127.0.0.1:{CAPTURE_SMTP_PORT})\n"
+        f"  Webhook sink:    http://127.0.0.1:{CAPTURE_HTTP_PORT}/   (requests kept in"
+        f" {DATA / 'capture' / 'webhooks'})\n\n"
         f"  Try: curl -H 'Authorization: Bearer {key}' {url}/v1/contacts\n"
         f"  Ctrl-C stops everything; data stays in {DATA}\n",
         flush=True,
@@ -85,6 +91,15 @@ def run() -> None:
         stack.provision()
         stack.migrate()
         manager = Manager()
+        capture = [
+            sys.executable,
+            "-m",
+            "trellis_devstack.capture",
+            f"--smtp-port={CAPTURE_SMTP_PORT}",
+            f"--http-port={CAPTURE_HTTP_PORT}",
+            f"--folder={DATA / 'capture'}",
+        ]
+        manager.add_process("capture", "exec " + " ".join(capture))
         for name in stack.services:
             # exec: the service itself, not a shell around it, gets the signals.
             command = "exec " + " ".join(stack.command(name, "serve"))

@@ -29,6 +29,10 @@ class ServiceDecl:
     # Environment variables taken from the chart's `secrets` entries: {ENV_NAME: entry name}.
     secret_env: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # the entry's plain `env`
+    # The entry's `developmentEnv`: what devstack adds on one machine (never in the chart).
+    development_env: dict[str, str] = field(default_factory=dict)
+    # The entry's `tokenScopes`: what the service's own identity-token key may claim.
+    token_scopes: tuple[str, ...] | None = None
 
     @property
     def prefix(self) -> str:
@@ -91,6 +95,8 @@ def load(path: Path = CHART_VALUES) -> Declaration:
             database=bool(merged.get("database", {}).get("enabled", True)),
             secret_env=dict(merged.get("secretEnv", {})),
             env={k: str(v) for k, v in merged.get("env", {}).items()},
+            development_env={k: str(v) for k, v in merged.get("developmentEnv", {}).items()},
+            token_scopes=tuple(merged["tokenScopes"]) if "tokenScopes" in merged else None,
         )
     declaration = Declaration(services)
     declaration.start_order()  # refuses a cyclic call graph early

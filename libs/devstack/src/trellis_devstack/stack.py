@@ -87,7 +87,8 @@ class Stack:
         return self.decl.start_order()
 
     def signing_keys(self) -> dict[str, auth.SigningKey]:
-        """The identity-token keys of the services that sign (the gateway), by service."""
+        """The identity-token keys of the services that sign (the gateway, and services that
+        act as themselves, such as notify), by service."""
         found = {}
         for name, svc in self.decl.services.items():
             entry = svc.secret_env.get(_PRIVATE_KEY)
@@ -97,8 +98,15 @@ class Stack:
 
     def public_keys(self) -> str:
         """INTERNAL_TOKEN_PUBLIC_KEYS: the JWKS of every signing key (the chart's
-        internalToken.publicKeys)."""
-        return auth.jwks(*(key.public_jwk() for key in self.signing_keys().values()))
+        internalToken.publicKeys); a service's own key lists its declared tokenScopes."""
+        return auth.jwks(
+            *(
+                key.public_jwk(
+                    list(scopes) if (scopes := self.decl.services[name].token_scopes) else None
+                )
+                for name, key in self.signing_keys().items()
+            )
+        )
 
     def mint(self, ident: Identity) -> str:
         """An identity token as the gateway would send it, for as long as services accept one
@@ -141,7 +149,7 @@ class Stack:
             f"{prefix}_SHUTDOWN_GRACE_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",
         }
-        env |= svc.env
+        env |= svc.env | svc.development_env
         for port, number in self.ports[name].items():
             env[f"{prefix}_{port.upper()}_PORT"] = str(number)
         for callee in self.decl.callees(name):
@@ -165,7 +173,8 @@ class Stack:
             if name in self.urls:
                 subprocess.run(self.command(name, "migrate"), env=self.env(name), check=True)  # noqa: S603
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 120) -> None:
+        # Generous: every service starts at once, and a shared machine may be busy.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -196,4 +205,6 @@ def new_secrets() -> dict[str, str]:
     return {
         "internalTokenSigningKey": auth.SigningKey.generate("local").pem(),
         "bootstrapAdminKey": secrets.token_urlsafe(48),
+        "notifyUnsubscribeKey": secrets.token_urlsafe(48),
+        "notifyTokenSigningKey": auth.SigningKey.generate("local").pem(),
     }

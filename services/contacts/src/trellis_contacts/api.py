@@ -36,14 +36,14 @@ def _mask(update_mask: Sequence[str], record: Message, writable: frozenset[str])
     return domain.resolve_mask(paths, writable)
 
 
-def _time_filter(request: Message, field: str) -> datetime | None:
+def _time_filter(request: Message, field: str, path: str = "") -> datetime | None:
     if not request.HasField(field):
         return None
     stamp: timestamp_pb2.Timestamp = getattr(request, field)
     try:
         return stamp.ToDatetime(UTC)
     except ValueError:  # seconds or nanos outside what a Timestamp may hold
-        raise invalid_field(field, "not a valid time") from None
+        raise invalid_field(path or field, "not a valid time") from None
 
 
 def _after_id(token: str, filters: dict[str, object]) -> str | None:
@@ -161,6 +161,41 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
             [mapping.company_to_proto(c) for c in rows], size, lambda c: [c.id], fingerprint
         )
         return contacts_pb2.ListCompaniesResponse(companies=page, next_page_token=token)
+
+    # --- consent ------------------------------------------------------------------------------
+
+    async def SetConsent(
+        self, request: contacts_pb2.SetConsentRequest, context: Ctx
+    ) -> contacts_pb2.Consent:
+        msg = request.consent
+        fields = domain.new_consent(
+            purpose=msg.purpose,
+            status=mapping.consent_status_from_proto(msg.status),
+            legal_basis=mapping.legal_basis_from_proto(msg.legal_basis),
+            source=msg.source,
+            time=_time_filter(msg, "time", "consent.time"),
+            now=datetime.now(UTC),
+        )
+        consent = await store.set_consent(self._pool, caller(), request.contact_id, fields)
+        return mapping.consent_to_proto(consent)
+
+    async def ListConsents(
+        self, request: contacts_pb2.ListConsentsRequest, context: Ctx
+    ) -> contacts_pb2.ListConsentsResponse:
+        size = paging.page_size(request.page_size)
+        filters: dict[str, object] = {"contact_id": request.contact_id}
+        after = paging.decode_page_token(request.page_token, filters, arity=1)
+        rows = await store.list_consents(
+            self._pool,
+            caller().tenant_id,
+            request.contact_id,
+            str(after[0]) if after is not None else None,
+            size + 1,
+        )
+        page, token = paging.next_page(
+            [mapping.consent_to_proto(c) for c in rows], size, lambda c: [c.purpose], filters
+        )
+        return contacts_pb2.ListConsentsResponse(consents=page, next_page_token=token)
 
     # --- custom field definitions -------------------------------------------------------------
 

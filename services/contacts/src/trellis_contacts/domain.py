@@ -13,7 +13,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -383,6 +383,80 @@ def new_field_definition(
     if out or object_type is None or type_ is None:
         raise Invalid(out)
     return FieldDefinition(object_type, name, type_, cleaned, label)
+
+
+# --- consent ----------------------------------------------------------------------------------
+
+_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# A little slack for the clocks of the systems that record consent on a contact's behalf.
+_CONSENT_CLOCK_SKEW = timedelta(minutes=5)
+
+
+class ConsentStatus(StrEnum):
+    GRANTED = "granted"
+    WITHDRAWN = "withdrawn"
+
+
+class LegalBasis(StrEnum):
+    CONSENT = "consent"
+    LEGITIMATE_INTEREST_PROSPECT = "legitimate_interest_prospect"
+    LEGITIMATE_INTEREST_CLIENT = "legitimate_interest_client"
+    PERFORMANCE_OF_CONTRACT = "performance_of_contract"
+    LEGAL_OBLIGATION = "legal_obligation"
+    NOT_APPLICABLE = "not_applicable"
+
+
+@dataclass(frozen=True)
+class ConsentFields:
+    """What a client records about one purpose of a contact."""
+
+    purpose: str
+    status: ConsentStatus
+    legal_basis: LegalBasis | None
+    source: str
+    time: datetime  # when the contact gave or withdrew it
+
+
+@dataclass(frozen=True)
+class Consent:
+    id: str
+    contact_id: str
+    fields: ConsentFields
+    version: int
+    update_time: datetime
+
+
+def new_consent(
+    *,
+    purpose: str,
+    status: ConsentStatus | None,
+    legal_basis: LegalBasis | None,
+    source: str,
+    time: datetime | None,
+    now: datetime,
+    prefix: str = "consent",
+) -> ConsentFields:
+    """A checked consent; the enums are None when the request left them unspecified."""
+    out: list[Violation] = []
+    purpose = purpose.strip()
+    if not _PURPOSE.fullmatch(purpose):
+        out.append(
+            (
+                f"{prefix}.purpose",
+                "1-64 lower-case letters, digits or underscores, starting with a letter,"
+                " e.g. marketing_email",
+            )
+        )
+    if status is None:
+        out.append((f"{prefix}.status", "must be GRANTED or WITHDRAWN"))
+    if status is ConsentStatus.GRANTED and legal_basis is None:
+        out.append((f"{prefix}.legal_basis", "a granted consent needs its legal basis"))
+    source = text.one_line(source, f"{prefix}.source", out)
+    if time is not None and time > now + _CONSENT_CLOCK_SKEW:
+        out.append((f"{prefix}.time", "must not be in the future"))
+    if out or status is None:
+        raise Invalid(out)
+    return ConsentFields(purpose, status, legal_basis, source, time or now)
 
 
 # --- updates ----------------------------------------------------------------------------------

@@ -14,10 +14,13 @@ from crmkit.errors import Invalid
 from trellis_contacts.domain import (
     Company,
     CompanyFields,
+    Consent,
+    ConsentStatus,
     Contact,
     ContactFields,
     FieldDefinition,
     FieldType,
+    LegalBasis,
     LifecycleStage,
     ObjectType,
     new_field_definition,
@@ -31,6 +34,8 @@ V = TypeVar("V", bound=int)  # a proto enum's ValueType
 _STAGE = "LIFECYCLE_STAGE_"
 _OBJECT_TYPE = "OBJECT_TYPE_"
 _FIELD_TYPE = "FIELD_TYPE_"
+_CONSENT_STATUS = "CONSENT_STATUS_"
+_LEGAL_BASIS = "LEGAL_BASIS_"
 
 
 def _from_proto(name_of: Callable[[V], str], number: V, prefix: str, kind: type[E]) -> E | None:
@@ -163,3 +168,27 @@ def field_definition_to_proto(definition: FieldDefinition) -> contacts_pb2.Field
         options=definition.options,
         label=definition.label,
     )
+
+
+def consent_status_from_proto(number: contacts_pb2.ConsentStatus.ValueType) -> ConsentStatus | None:
+    return _from_proto(contacts_pb2.ConsentStatus.Name, number, _CONSENT_STATUS, ConsentStatus)
+
+
+def legal_basis_from_proto(number: contacts_pb2.LegalBasis.ValueType) -> LegalBasis | None:
+    return _from_proto(contacts_pb2.LegalBasis.Name, number, _LEGAL_BASIS, LegalBasis)
+
+
+def consent_to_proto(consent: Consent) -> contacts_pb2.Consent:
+    f = consent.fields
+    msg = contacts_pb2.Consent(
+        id=consent.id,
+        contact_id=consent.contact_id,
+        purpose=f.purpose,
+        status=contacts_pb2.ConsentStatus.Value(_proto_name(f.status, _CONSENT_STATUS)),
+        legal_basis=contacts_pb2.LegalBasis.Value(_proto_name(f.legal_basis, _LEGAL_BASIS)),
+        source=f.source,
+        version=consent.version,
+    )
+    msg.time.FromDatetime(f.time)
+    msg.update_time.FromDatetime(consent.update_time)
+    return msg

@@ -30,11 +30,15 @@ from trellis_contacts import domain, mapping
 from trellis_contacts.domain import (
     Company,
     CompanyFields,
+    Consent,
+    ConsentFields,
+    ConsentStatus,
     Contact,
     ContactFields,
     F,
     FieldDefinition,
     FieldType,
+    LegalBasis,
     LifecycleStage,
     ObjectType,
     Record,
@@ -607,3 +611,108 @@ async def list_field_definitions(
             (tenant_id,),
         )
         return [_definition(r) for r in rows]
+
+
+# --- consent ----------------------------------------------------------------------------------
+
+_CONSENT_COLUMNS = sql.SQL(
+    "id, contact_id, purpose, status, legal_basis, source, consent_time, version, update_time"
+)
+
+# One row per contact and purpose. A change of anything recorded makes a new version; the
+# same values again change nothing (no row comes back, so no event either).
+_SET_CONSENT = sql.SQL("""
+INSERT INTO consents (tenant_id, id, contact_id, purpose, status, legal_basis, source,
+                      consent_time)
+VALUES (%(tenant_id)s, %(id)s, %(contact_id)s, %(purpose)s, %(status)s, %(legal_basis)s,
+        %(source)s, %(time)s)
+ON CONFLICT (tenant_id, contact_id, purpose) DO UPDATE
+SET status = EXCLUDED.status, legal_basis = EXCLUDED.legal_basis, source = EXCLUDED.source,
+    consent_time = EXCLUDED.consent_time, version = consents.version + 1, update_time = now()
+WHERE (consents.status, consents.legal_basis, consents.source, consents.consent_time)
+      IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.legal_basis, EXCLUDED.source,
+                        EXCLUDED.consent_time)
+RETURNING {columns}
+""").format(columns=_CONSENT_COLUMNS)
+
+
+def _consent(row: dict[str, Any]) -> Consent:
+    basis = row["legal_basis"]
+    return Consent(
+        id=str(row["id"]),
+        contact_id=str(row["contact_id"]),
+        fields=ConsentFields(
+            purpose=row["purpose"],
+            status=ConsentStatus(row["status"]),
+            legal_basis=LegalBasis(basis) if basis else None,
+            source=row["source"],
+            time=row["consent_time"],
+        ),
+        version=row["version"],
+        update_time=row["update_time"],
+    )
+
+
+async def set_consent(
+    pool: db.Pool, ident: Identity, contact_id: str, fields: ConsentFields
+) -> Consent:
+    """Record a consent and its consent.changed event; the same values again write nothing."""
+    tenant_id = ident.tenant_id
+    known = _known_id("contact", contact_id)
+    async with db.tenant_tx(pool, tenant_id) as conn:
+        # KEY SHARE: the contact cannot be deleted under us, and writers of its other fields
+        # are not held up.
+        await _select_contact(conn, tenant_id, known, "FOR KEY SHARE")
+        row = await _one(
+            conn,
+            _SET_CONSENT,
+            {
+                "tenant_id": tenant_id,
+                "id": new_id(),
+                "contact_id": known,
+                "purpose": fields.purpose,
+                "status": fields.status.value,
+                "legal_basis": fields.legal_basis.value if fields.legal_basis else "",
+                "source": fields.source,
+                "time": fields.time,
+            },
+        )
+        if row is None:  # nothing changed
+            current = await _one(
+                conn,
+                sql.SQL(
+                    "SELECT {columns} FROM consents"
+                    " WHERE tenant_id = %s AND contact_id = %s AND purpose = %s"
+                ).format(columns=_CONSENT_COLUMNS),
+                (tenant_id, known, fields.purpose),
+            )
+            assert current is not None
+            return _consent(current)
+        consent = _consent(row)
+        event = events_pb2.ConsentChanged(
+            metadata=_metadata(ident, consent.update_time),
+            consent=mapping.consent_to_proto(consent),
+        )
+        await _event(conn, ident, consent.id, consent.version, event)
+        return consent
+
+
+async def list_consents(
+    pool: db.Pool, tenant_id: str, contact_id: str, after: str | None, limit: int
+) -> list[Consent]:
+    """Up to `limit` of a contact's consents by purpose, after the purpose `after`."""
+    known = _known_id("contact", contact_id)
+    async with db.tenant_tx(pool, tenant_id) as conn:
+        await _select_contact(conn, tenant_id, known)
+        rows = await _all(
+            conn,
+            sql.SQL(
+                "SELECT {columns} FROM consents WHERE tenant_id = %(tenant_id)s"
+                " AND contact_id = %(contact_id)s {after} ORDER BY purpose LIMIT %(limit)s"
+            ).format(
+                columns=_CONSENT_COLUMNS,
+                after=sql.SQL("AND purpose > %(after)s" if after is not None else ""),
+            ),
+            {"tenant_id": tenant_id, "contact_id": known, "after": after, "limit": limit},
+        )
+        return [_consent(r) for r in rows]
