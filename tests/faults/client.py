@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ def _retry_after(response: httpx.Response) -> float:
 
 
 class Client:
-    """Sends writes for one tenant's API key and counts the attempts in flight."""
+    """Sends writes with one tenant's API key, keeping count of the problems answered."""
 
     def __init__(self, base_url: str, api_key: str, deadline: float) -> None:
         self.http = httpx.AsyncClient(
@@ -58,7 +59,7 @@ class Client:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
         self.deadline = deadline
-        self.in_flight = 0
+        self.problems: Counter[str] = Counter()  # "<status> <detail>" of every problem answer
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -66,7 +67,6 @@ class Client:
     async def attempt(self, write: Write) -> httpx.Response | None:
         """One attempt, its answer recorded; None when no answer came (a transport error)."""
         headers = {"Idempotency-Key": write.key} if write.key else {}
-        self.in_flight += 1
         try:
             response = await self.http.request(
                 write.method, write.path, json=write.body, headers=headers
@@ -74,9 +74,9 @@ class Client:
         except httpx.TransportError as exc:
             write.statuses.append(type(exc).__name__)
             return None
-        finally:
-            self.in_flight -= 1
         write.statuses.append(response.status_code)
+        if response.headers.get("content-type") == "application/problem+json":
+            self.problems[f"{response.status_code} {response.json()['detail']}"] += 1
         return response
 
     async def send(self, write: Write, *, patient: bool = True) -> None:

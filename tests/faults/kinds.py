@@ -43,6 +43,7 @@ class WriteKind(Protocol):
     service: str  # the owning service: its database is checked
     scopes: tuple[str, ...]  # what the run's API key needs for it
     weight: int  # its share of the writes
+    keyed: bool  # whether its writes carry an Idempotency-Key
 
     async def prepare(self, client: Client, lanes: int) -> None:
         """Make what its writes need, before any fault; each lane writes in order."""
@@ -88,6 +89,7 @@ class ContactCreates:
     service = "contacts"
     scopes: tuple[str, ...] = ("contacts:read", "contacts:write")
     weight = 3
+    keyed = True
     EVENT = "contacts.contact.created"
 
     def __init__(self) -> None:
@@ -149,6 +151,7 @@ class DealStageChanges:
     service = "sales"
     scopes: tuple[str, ...] = ("sales:read", "sales:write")
     weight = 1
+    keyed = False
     EVENT = "sales.deal.stage_changed"
 
     def __init__(self) -> None:

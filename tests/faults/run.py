@@ -1,24 +1,23 @@
-"""The fault run: a platform of its own, writes through the gateway from concurrent callers
-while its pieces are killed one at a time, and the figures that say what held.
+"""The fault run: writes through the gateway from concurrent callers while the platform's
+pieces are killed one at a time, and the figures that say what held.
 
-Each fault strikes with requests in flight, keeps its piece down for a moment, starts it again
-and measures how soon a write is acknowledged through the gateway and its event read from the
-stream. Faults are spaced by progress (acknowledged writes), not by time, so the short and the
-long run go through the same sequence. After the last fault every acknowledged key is sent once
-more, one last write of each kind marks the end, and once the event reader has read that and
-has nothing pending the database, the stream and the callers' record are compared.
-"""
+The callers write at a steady pace until every fault is over (and at least the run's number of
+writes has been started). Faults are spaced by progress, a share of the writes acknowledged
+since the last recovery, not by time; each strikes with writes in flight (platform.py), keeps
+its piece down for a moment, starts it again and measures how soon a write is acknowledged
+through the gateway and its event read from the stream. After the last fault every
+acknowledged key is sent once more, one last write of each kind marks the end, and once the
+event reader has read that and has nothing pending, the database, the stream and the callers'
+record are compared."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,118 +25,25 @@ import psycopg
 from tests.faults.client import Client, Pacer, Write
 from tests.faults.events import EventReader
 from tests.faults.kinds import KINDS, Figures, WriteKind
+from tests.faults.platform import PATIENCE_SECONDS, Fault, Platform, count, schedule, until
 from trellis_devstack.declaration import GATEWAY
-from trellis_devstack.infra import Nats, Postgres
-from trellis_devstack.processes import ServiceProcesses
-from trellis_devstack.stack import Stack
 
-NATS_SERVER, POSTGRES = "nats-server", "postgres"
 # How long a killed piece stays down: long enough for the callers to find it gone.
 DOWN_SECONDS = 1.0
-# Whatever the run waits for (a recovery, an event, progress) is a failure after this long.
-PATIENCE_SECONDS = 120.0
-# Rate limits are not under test here: high enough that they never answer.
-UNLIMITED = {
-    "GATEWAY_RATE_LIMIT_KEY_PER_SECOND": "100000",
-    "GATEWAY_RATE_LIMIT_KEY_BURST": "100000",
-    "GATEWAY_RATE_LIMIT_TENANT_PER_SECOND": "100000",
-    "GATEWAY_RATE_LIMIT_TENANT_BURST": "100000",
-}
-
-
-@dataclass(frozen=True)
-class Fault:
-    piece: str  # NATS_SERVER, POSTGRES or a service
-    graceful: bool = False  # SIGTERM instead of SIGKILL
-
-    @property
-    def name(self) -> str:
-        return f"{self.piece} {'SIGTERM' if self.graceful else 'SIGKILL'}"
-
-
-def schedule(services: Sequence[str]) -> list[Fault]:
-    """The issue's sequence, with every service the writes reach killed once: NATS, the first
-    service, PostgreSQL (the postmaster), the gateway, the other services, NATS again, and the
-    gateway stopped gracefully."""
-    first, *others = services
-    return [
-        Fault(NATS_SERVER),
-        Fault(first),
-        Fault(POSTGRES),
-        Fault(GATEWAY),
-        *(Fault(s) for s in others),
-        Fault(NATS_SERVER),
-        Fault(GATEWAY, graceful=True),
-    ]
-
-
-@dataclass
-class Platform:
-    """The run's own PostgreSQL, NATS and services: it kills them, so no other test may
-    share them."""
-
-    postgres: Postgres
-    nats: Nats
-    stack: Stack
-    processes: ServiceProcesses
-
-    def kill(self, fault: Fault) -> None:
-        if fault.piece == NATS_SERVER:
-            self.nats.kill()
-        elif fault.piece == POSTGRES:
-            self.postgres.kill()
-        elif fault.graceful:
-            self.processes.stop(fault.piece)
-        else:
-            self.processes.kill(fault.piece)
-
-    def start(self, fault: Fault) -> None:
-        if fault.piece == NATS_SERVER:
-            self.nats.start()
-        elif fault.piece == POSTGRES:
-            self.postgres.start()
-        else:
-            self.processes.start(fault.piece)
-
-    def superuser_url(self, service: str) -> str:
-        """The service's database as the superuser, whom row-level security does not bind."""
-        return self.postgres.url(f"{self.stack.db_prefix}{service}")
-
-
-@contextlib.contextmanager
-def platform(logs: Path) -> Iterator[Platform]:
-    """Start everything; stop whatever still runs on the way out, whatever happened."""
-    with contextlib.ExitStack() as running:
-        # Its own short path: the server's socket lives in it (sun_path is 107 bytes).
-        postgres = Postgres(Path(f"/tmp/trellis-faults-{uuid.uuid4().hex[:8]}"), keep_data=False)  # noqa: S108
-        running.callback(postgres.stop)
-        nats = Nats(logs / "nats")
-        nats.start()
-        running.callback(nats.stop)
-        stack = Stack.ephemeral(postgres, nats.url, extra_env=UNLIMITED)
-        processes = ServiceProcesses(stack, logs)
-
-        def stop_services() -> None:
-            for name in reversed(list(processes.procs)):
-                processes.stop(name)
-
-        running.callback(stop_services)
-        for name in stack.services:
-            processes.start(name)
-        stack.wait_ready()
-        yield Platform(postgres, nats, stack, processes)
 
 
 @dataclass(frozen=True)
 class Recovery:
     fault: str
+    at: float  # seconds into the writes when it struck
+    caught: str  # what the fault caught in flight
     api_seconds: float  # from the piece's restart to a write acknowledged through the gateway
     events_seconds: float  # ... to that write's event read from the stream
 
 
 @dataclass
 class Report:
-    writes: int
+    writes: int  # the workers' logical writes (the probes and the marker besides)
     workers: int
     rate: float
     kinds: dict[str, Figures] = field(default_factory=dict)
@@ -148,8 +54,9 @@ class Report:
     repeats_differing: int = 0  # a repeat of an acknowledged key not answered as the first time
     status_500: int = 0  # attempts answered 500, repeats included
     answers: Counter[int | str] = field(default_factory=Counter)  # every attempt's, by answer
+    problems: Counter[str] = field(default_factory=Counter)  # problem answers, by detail
     recoveries: list[Recovery] = field(default_factory=list)
-    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds each part of the run took
 
     def failures(self) -> dict[str, int]:
         found = {
@@ -168,8 +75,8 @@ class Report:
         kinds = list(self.kinds)
         width = max(len(k) for k in kinds)
         lines = [
-            f"fault run: {self.writes} writes, {self.workers} workers, {self.rate:g}/s,"
-            f" {self.seconds:.0f} s",
+            f"fault run: {self.writes} writes, {self.workers} workers, {self.rate:g}/s; "
+            + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases.items()),
             "",
             f"{'':<32}" + "".join(f"{k:>{width + 2}}" for k in kinds),
         ]
@@ -189,18 +96,18 @@ class Report:
         lines.append(f"{'500 answers':<40}{self.status_500:>6}")
         seen = ", ".join(f"{answer}: {n}" for answer, n in self.answers.most_common())
         lines += ["", f"attempts by answer: {seen}"]
-        lines += ["", f"{'recovery after restart':<32}{'write acked':>12}{'event read':>12}"]
+        lines += [f"  {n:>6} x {problem}" for problem, n in self.problems.most_common()]
+        lines += [
+            "",
+            f"{'fault':<24}{'at':>6}{'after restart: write acked':>28}{'event read':>12}"
+            "   caught in flight",
+        ]
         for r in self.recoveries:
-            lines.append(f"{r.fault:<32}{r.api_seconds:>11.1f}s{r.events_seconds:>11.1f}s")
+            lines.append(
+                f"{r.fault:<24}{r.at:>5.0f}s{r.api_seconds:>27.1f}s{r.events_seconds:>11.1f}s"
+                f"   {r.caught}"
+            )
         return "\n".join(lines)
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class FaultRun:
@@ -221,73 +128,96 @@ class FaultRun:
         self.kinds: list[WriteKind] = [kind() for kind in KINDS]
         self.ledger: list[Write] = []  # every logical write, probes and markers included
         self.repeats: list[Write] = []
-        self.acknowledged = 0  # the workers' writes acknowledged so far: the faults' clock
-        self.workers_done = False
+        self.started = 0  # the workers' writes started so far
+        self.acknowledged = 0  # and acknowledged: the faults' clock
+        # The services written to, and those written to with Idempotency-Keys.
+        self.writers = list(dict.fromkeys(kind.service for kind in self.kinds))
+        self.keyed = list(dict.fromkeys(kind.service for kind in self.kinds if kind.keyed))
 
     async def run(self) -> Report:
-        started = time.monotonic()
         scopes = sorted({scope for kind in self.kinds for scope in kind.scopes})
         stack = self.platform.stack
         tenant_id, key = await asyncio.to_thread(stack.create_tenant, "faults", scopes)
         client = Client(stack.gateway_url, key, self.deadline)
         reader = EventReader(self.platform.nats.url, tenant_id)
         await reader.start()
+        report = Report(self.writes, self.workers, self.rate)
         try:
-            for kind in self.kinds:
-                await kind.prepare(client, self.workers + 1)  # the last lane: the driver's
-            faults = schedule(list(dict.fromkeys(kind.service for kind in self.kinds)))
-            report = Report(self.writes, self.workers, self.rate)
-            report.recoveries = await self._load(client, reader, faults)
-            report.repeats_differing = await self._repeat(client)
-            await self._probe(client, reader)  # the marker: written after everything else
-            await reader.caught_up(PATIENCE_SECONDS)
-            await self._verify(report, tenant_id, reader)
+            with _timed(report.phases, "prepare"):
+                for kind in self.kinds:
+                    await kind.prepare(client, self.workers + 1)  # the last lane: the driver's
+            with _timed(report.phases, "writes and faults"):
+                report.recoveries = await self._load(client, reader, schedule(self.writers))
+            report.writes = self.started
+            with _timed(report.phases, "repeats"):
+                report.repeats_differing = await self._repeat(client)
+            with _timed(report.phases, "marker and catch-up"):
+                await self._probe(client, reader)  # the marker: written after everything else
+                await reader.caught_up(PATIENCE_SECONDS)
+            with _timed(report.phases, "checks"):
+                await self._verify(report, tenant_id, reader)
+            report.problems = client.problems
         finally:
             await reader.stop()
             await client.close()
-        report.seconds = time.monotonic() - started
         return report
 
     async def _load(
         self, client: Client, reader: EventReader, faults: list[Fault]
     ) -> list[Recovery]:
+        """Write at the run's pace until every fault is over and at least `writes` were
+        started, so that every fault strikes writes of every kind in flight."""
         pacer = Pacer(self.rate)
         pattern = [kind for kind in self.kinds for _ in range(kind.weight)]
+        faults_over = False
 
         async def worker(lane: int) -> None:
-            for n in range(lane, self.writes, self.workers):
+            turn = lane  # each lane writes every kind in turn, the lanes out of step
+            while not (faults_over and self.started >= self.writes):
+                self.started += 1
                 await pacer.wait()
-                write = pattern[n % len(pattern)].next_write(lane)
+                write = pattern[turn % len(pattern)].next_write(lane)
+                turn += 1
                 self.ledger.append(write)
                 await client.send(write)
                 self.acknowledged += write.acknowledged
 
-        async def load() -> None:
-            try:
-                await asyncio.gather(*(worker(lane) for lane in range(self.workers)))
-            finally:
-                self.workers_done = True
-
         async def drive() -> list[Recovery]:
+            nonlocal faults_over
+            # Spaced by acknowledged writes: the platform served that many between faults.
+            gap = max(1, self.writes // (len(faults) + 1))
             recoveries = []
-            for i, fault in enumerate(faults, start=1):
-                await self._progress(i * self.writes // (len(faults) + 1))
-                await _until(
-                    lambda: client.in_flight > 0 or self.workers_done, "a request in flight"
-                )
-                await asyncio.to_thread(self.platform.kill, fault)
+            began = time.monotonic()
+            for fault in faults:
+                await self._progress(self.acknowledged + gap)
+                at = time.monotonic() - began
+                caught = await self.platform.strike(fault, self.writers, self.keyed)
                 await asyncio.sleep(DOWN_SECONDS)
                 await asyncio.to_thread(self.platform.start, fault)
                 restarted = time.monotonic()
                 acked, read = await self._probe(client, reader)
-                recoveries.append(Recovery(fault.name, acked - restarted, read - restarted))
+                recoveries.append(
+                    Recovery(fault.name, at, caught, acked - restarted, read - restarted)
+                )
+            faults_over = True
             return recoveries
 
-        recoveries, _ = await asyncio.gather(drive(), load())
+        workers = [asyncio.create_task(worker(lane)) for lane in range(self.workers)]
+        try:
+            recoveries = await drive()
+        except BaseException:
+            for task in workers:  # they would write on forever
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        await asyncio.gather(*workers)
         return recoveries
 
     async def _progress(self, due: int) -> None:
-        await _until(lambda: self.acknowledged >= due, f"{due} writes acknowledged")
+        async def reached() -> bool:
+            return self.acknowledged >= due
+
+        await until(reached, f"{due} writes acknowledged")
 
     async def _probe(self, client: Client, reader: EventReader) -> tuple[float, float]:
         """One write of each kind, retried at once (the probe measures), until acknowledged
@@ -324,19 +254,19 @@ class FaultRun:
                 )
         for service in dict.fromkeys(kind.service for kind in self.kinds):
             async with await _connect(self.platform.superuser_url(service)) as conn:
-                report.outbox_unpublished[service] = await _count(
+                report.outbox_unpublished[service] = await count(
                     conn, "SELECT count(*) FROM outbox WHERE published_at IS NULL"
                 )
                 # Recorded with the write and its response in one transaction: a record
                 # without its response would be a key no repeat could ever get an answer for.
-                report.service_keys_running[service] = await _count(
+                report.service_keys_running[service] = await count(
                     conn, "SELECT count(*) FROM idempotency_records WHERE response IS NULL"
                 )
         async with await _connect(self.platform.superuser_url(GATEWAY)) as conn:
             # Running: claimed and never answered. Every caller has its answer and every
             # acknowledged key was repeated and answered, so a claim left now outlived the
             # request it stood for (a lapsed lease taken over is answered, not left).
-            report.gateway_keys_running = await _count(
+            report.gateway_keys_running = await count(
                 conn,
                 "SELECT count(*) FROM idempotency_keys WHERE tenant_id = %s"
                 " AND status_code IS NULL",
@@ -346,11 +276,12 @@ class FaultRun:
         report.status_500 = report.answers[500]
 
 
+@contextlib.contextmanager
+def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    phases[name] = time.monotonic() - started
+
+
 async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(url, autocommit=True)
-
-
-async def _count(conn: psycopg.AsyncConnection[Any], query: str, params: Any = ()) -> int:
-    row = await (await conn.execute(query, params)).fetchone()
-    assert row is not None
-    return int(row[0])

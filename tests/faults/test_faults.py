@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.run import FaultRun, Platform, platform
+from tests.faults.platform import Platform, platform
+from tests.faults.run import FaultRun
 
-WRITES = int(os.environ.get("TRELLIS_FAULT_WRITES", "300"))
-RATE = 60.0
+# The short form: a few hundred writes, slow enough that they last through every fault.
+WRITES = int(os.environ.get("TRELLIS_FAULT_WRITES", "200"))
+RATE = float(os.environ.get("TRELLIS_FAULT_RATE", "10"))
 
 
 @pytest.fixture
@@ -26,8 +28,8 @@ def own_platform(tmp_path: Path) -> Iterator[Platform]:
         yield running
 
 
-# Five minutes for the faults, recoveries and checks, plus the writes at their pace, twice.
-@pytest.mark.timeout(300 + 2 * WRITES / RATE)
+# Ten minutes for the faults, recoveries and checks, plus the writes at their pace, twice.
+@pytest.mark.timeout(600 + 2 * WRITES / RATE)
 async def test_nothing_acknowledged_is_lost_and_nothing_is_left_behind(
     own_platform: Platform,
 ) -> None:
