@@ -156,7 +156,7 @@ class Platform:
             await asyncio.to_thread(self.nats.kill)
             return ""
         if fault.piece == POSTGRES:
-            return await self._kill_postgres(writers)
+            return await self._kill_postgres(writers, keyed)
         if fault.piece != GATEWAY:
             return await self._kill_service(fault.piece)
         if fault.graceful:
@@ -171,20 +171,22 @@ class Platform:
         else:
             self.processes.start(fault.piece)
 
-    async def _kill_postgres(self, writers: Sequence[str]) -> str:
-        """The postmaster dies under the gateway's own queries (keys claimed or answered: the
-        gateway's database dropping connections) and the services' writes mid-transaction."""
+    async def _kill_postgres(self, writers: Sequence[str], keyed: Sequence[str]) -> str:
+        """The postmaster dies under the gateway's own queries (claims on keys: its database
+        dropping connections mid-request) and under the other writes mid-transaction in their
+        services (keyed writes wait at the gateway's claim and never get that far)."""
         async with contextlib.AsyncExitStack() as held:
             holds = {
                 GATEWAY: await held.enter_async_context(self.hold(GATEWAY, "idempotency_keys"))
             }
             for service in writers:
-                holds[service] = await held.enter_async_context(self.hold(service, "outbox"))
+                if service not in keyed:
+                    holds[service] = await held.enter_async_context(self.hold(service, "outbox"))
 
-            async def gateway_waits() -> bool:
-                return await holds[GATEWAY].writers() > 0
+            async def all_wait() -> bool:
+                return all([await h.writers() > 0 for h in holds.values()])
 
-            await until(gateway_waits, "a query of the gateway's waiting")
+            await until(all_wait, "queries waiting in every database held")
             cut = {service: await h.writers() for service, h in holds.items()}
             await asyncio.to_thread(self.postgres.kill)
         return "queries cut: " + ", ".join(f"{s} {n}" for s, n in cut.items())
@@ -225,7 +227,7 @@ class Platform:
         return f"answers lost after commit: {sum(n for _, _, n in held_writes)}"
 
     async def _stop_gateway(self, keyed: Sequence[str]) -> str:
-        """SIGTERM while calls are in flight: they are answered within the grace period."""
+        """SIGTERM while calls are in flight, which the gateway lets finish in its grace."""
         async with contextlib.AsyncExitStack() as held:
             outboxes = [await held.enter_async_context(self.hold(s, "outbox")) for s in keyed]
 
@@ -240,7 +242,7 @@ class Platform:
                 await outbox.release()
             exit_code = await stopped
         assert exit_code == 0, f"the gateway exited with {exit_code} after SIGTERM"
-        return f"calls in flight drained: {in_flight}"
+        return f"calls in flight at SIGTERM: {in_flight}"
 
     async def _gateway_not_ready(self) -> bool:
         try:

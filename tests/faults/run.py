@@ -55,6 +55,9 @@ class Report:
     status_500: int = 0  # attempts answered 500, repeats included
     answers: Counter[int | str] = field(default_factory=Counter)  # every attempt's, by answer
     problems: Counter[str] = field(default_factory=Counter)  # problem answers, by detail
+    # What the event reader got: deliveries, stream messages, event ids. Redeliveries and
+    # re-publications of one event are allowed; the kinds' figures count distinct events.
+    events_read: tuple[int, int, int] = (0, 0, 0)
     recoveries: list[Recovery] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds each part of the run took
 
@@ -97,6 +100,10 @@ class Report:
         seen = ", ".join(f"{answer}: {n}" for answer, n in self.answers.most_common())
         lines += ["", f"attempts by answer: {seen}"]
         lines += [f"  {n:>6} x {problem}" for problem, n in self.problems.most_common()]
+        deliveries, messages, ids = self.events_read
+        lines.append(
+            f"events read: {deliveries} deliveries of {messages} messages, {ids} event ids"
+        )
         lines += [
             "",
             f"{'fault':<24}{'at':>6}{'after restart: write acked':>28}{'event read':>12}"
@@ -272,6 +279,11 @@ class FaultRun:
                 " AND status_code IS NULL",
                 (tenant_id,),
             )
+        report.events_read = (
+            len(reader.deliveries),
+            len({d.stream_seq for d in reader.deliveries}),
+            len({d.ce_id for d in reader.deliveries}),
+        )
         report.answers = Counter(s for w in self.ledger + self.repeats for s in w.statuses)
         report.status_500 = report.answers[500]
 
