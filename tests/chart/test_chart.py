@@ -58,6 +58,7 @@ from tests.chart.conftest import (
     render_chart,
     validate_custom_resource,
 )
+from trellis_devstack import declaration
 
 CHART_META: dict[str, Any] = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
 APP_VERSION = str(CHART_META["appVersion"])
@@ -912,12 +913,15 @@ def test_production_edges_are_the_contract(renders: dict[str, Render]) -> None:
         ("gateway", "contacts", 50051),
         ("gateway", "sales", 50051),
         ("sales", "contacts", 50051),
+        ("gateway", "support", 50051),
+        ("support", "contacts", 50051),
         ("test", "gateway", 8080),
     }
     assert inbound == {
         ("ingress", "gateway", 8080),
         ("ingress", "gateway", 50050),
         ("monitoring", "contacts", 9090),
+        ("monitoring", "support", 9090),
         ("monitoring", "gateway", 9090),
         ("monitoring", "sales", 9090),
     }
@@ -935,7 +939,7 @@ def test_an_undeclared_edge_is_caught(renders: dict[str, Render]) -> None:
 
 
 # A throwaway service, declared as any new one is: its values entry (the gateway calls it, it
-# has its own database) and its name in the callers of the service it calls (contacts).
+# has its own database) and its name added to the callers of the service it calls (contacts).
 ECHO = {
     "services": {
         "echo": {
@@ -945,7 +949,7 @@ ECHO = {
             "callers": ["gateway"],
             "database": {"appRole": "echo_app"},
         },
-        "contacts": {"callers": ["gateway", "sales", "echo"]},
+        "contacts": {"callers": [*declaration.load().services["contacts"].callers, "echo"]},
     }
 }
 
@@ -1154,9 +1158,7 @@ def test_secrets_are_created_only_when_values_say_so(renders: dict[str, Render])
     assert created == {
         fullname("internal-token-signing-key"),
         fullname("bootstrap-admin-key"),
-        fullname("contacts-db"),
-        fullname("gateway-db"),
-        fullname("sales-db"),
+        *(fullname(f"{name}-db") for name in declaration.load().services),
     }
     # a created database Secret holds the app URL only; the owner URL goes to the migration
     assert set(minimal.get("Secret", fullname("contacts-db"))["data"]) == {"url"}
@@ -1475,10 +1477,7 @@ def test_a_key_rotation_renders_and_rolls_what_it_changes(renders: dict[str, Ren
         rolled.append({name for name in now if now[name] != old[name]})
         before = after
     # the JWKS rolls every service; the gateway's key and key id roll the gateway alone
-    assert rolled == [
-        {"contacts", "gateway", "sales"},
-        {"gateway"},
-        {"contacts", "gateway", "sales"},
-    ]
+    every = set(declaration.load().services)
+    assert rolled == [every, {"gateway"}, every]
     assert "the services trust\nthe keys gateway-2 (internalToken.publicKeys)" in before.notes
     assert "signed by the gateway with key gateway-2" in before.notes

@@ -65,6 +65,20 @@ _UNDECLARED_RULES = [
     # references to the tenant's data: its custom field definitions, its companies
     (r"(contact|company)\.custom_fields\..*", ""),
     (r"contact\.company_id", "no such company"),
+    # support: text, formats and cross-field rules; its tickets' contacts and companies
+    (
+        r"(ticket|comment|article|sla_policy)\.[a-z_.]+(\[\d+\])?|query|team|assignee_id",
+        "must not contain|must contain visible|must not be empty",
+    ),
+    (r"ticket\.(contact|company)_id", "no such (contact|company)"),
+    (r"ticket\.custom_fields\..*", "names are lower-case|must be a"),
+    (r"comment\.(visibility|author_id)", "the contact can only|a contact's reply"),
+    (r"sla_policy\.targets(\.[a-z_]+)?", "must be|set at least one"),
+    (r"sla_policy\.conditions\.[a-z_]+\[\d+\]", "not a company id|must be a value"),
+    (r"sla_policy\.business_hours\..*", ""),
+    (r"article\.locale|locale", "not a language tag"),
+    (r"status", "required"),
+    (r"end_time", "must be after|at most"),
 ]
 
 

@@ -10,11 +10,18 @@ from collections.abc import Awaitable, Callable
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from tests.helpers import Platform, Tenant
+from trellis_devstack.probes import health_status
 
 UNUSABLE_ID = "r" * 6000
+CONTACTS_SERVICE = "crm.contacts.v1.ContactsService"
+SERVING, NOT_SERVING = (
+    health_pb2.HealthCheckResponse.SERVING,
+    health_pb2.HealthCheckResponse.NOT_SERVING,
+)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
@@ -39,6 +46,8 @@ async def test_a_backend_down_takes_out_its_routes_not_the_gateway(
             return await _backend_status(anon) == (200, "SERVING")
 
         await eventually(contacts_serving, "the gateway to see contacts serving")
+        async with grpc.aio.insecure_channel(platform.stack.grpc_address("gateway")) as ch:
+            assert await health_status(ch, CONTACTS_SERVICE) == SERVING
         platform.stop("contacts")
         try:
 
@@ -46,6 +55,10 @@ async def test_a_backend_down_takes_out_its_routes_not_the_gateway(
                 return await _backend_status(anon) == (200, "NOT_SERVING")
 
             await eventually(contacts_down, "the gateway to see contacts down, staying ready")
+            async with grpc.aio.insecure_channel(platform.stack.grpc_address("gateway")) as ch:
+                # Its gRPC health says so under contacts' name, and stays SERVING for itself.
+                assert await health_status(ch, CONTACTS_SERVICE) == NOT_SERVING
+                assert await health_status(ch, "") == SERVING
             r = await api.get("/v1/contacts", headers={"X-Request-Id": UNUSABLE_ID})
             assert r.status_code == 503
             assert r.json()["detail"] == "the service is unavailable; retry later"

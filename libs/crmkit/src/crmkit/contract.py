@@ -16,6 +16,7 @@ from functools import cache
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
 
 from crm.common.v1 import options_pb2
 
@@ -65,6 +66,25 @@ def takes_idempotency_key(desc: MethodDescriptor) -> bool:
     the caller's idempotency key with their effect. Reads have no effect to repeat, and an
     IDEMPOTENT call (update, delete) leaves the same state however often it runs."""
     return idempotency_level(desc) not in (NO_SIDE_EFFECTS, IDEMPOTENT)
+
+
+def carries_secret(message: Message) -> bool:
+    """Whether a message holds a secret anywhere: a set field marked with protobuf's standard
+    `debug_redact` option (API key secrets, webhook signing secrets). Such an answer is shown
+    once and never stored, not even to replay it for an idempotency key."""
+    for desc, value in message.ListFields():
+        if desc.GetOptions().debug_redact:
+            return True
+        if desc.message_type is None:
+            continue
+        if desc.message_type.GetOptions().map_entry:
+            inner = desc.message_type.fields_by_name["value"].message_type is not None
+            children = list(value.values()) if inner else []
+        else:
+            children = list(value) if desc.is_repeated else [value]
+        if any(carries_secret(child) for child in children):
+            return True
+    return False
 
 
 def domain_of(package: str) -> tuple[str, str]:

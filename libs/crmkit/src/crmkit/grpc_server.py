@@ -105,16 +105,19 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         self._draining = False
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
         self._inflight = 0
+        self._last_refusal = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def drain(self, grace: float, settle: float = 0.1) -> None:
+    async def drain(self, grace: float, quiet: float = 0.25, settle_at_most: float = 2.0) -> None:
         """Refuse new calls with UNAVAILABLE and wait for the ones in flight to finish.
 
         grpc-aio's own `stop(grace)` answers CANCELLED to calls that reached the server but
         no handler yet (grpc/grpc#41785), which callers must not retry; refusing every new
-        call here first, with the retryable UNAVAILABLE, leaves `stop` nothing to cancel.
-        Refused calls are not waited for: under steady traffic there would never be a pause.
+        call here first, with the retryable UNAVAILABLE, and stopping in a pause of callers
+        (`quiet` seconds without one), leaves `stop` nothing to cancel. Refused callers are
+        waited for a pause only briefly (`settle_at_most`): under steady traffic there may be
+        none, and the calls in flight are what the grace period is for.
         """
         self._draining = True
         try:
@@ -122,7 +125,11 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         except TimeoutError:
             log.warning("calls still in flight at the end of the grace period")
             return
-        await asyncio.sleep(settle)  # calls already accepted by the transport reach us
+        settled_by = time.monotonic() + settle_at_most
+        while time.monotonic() < settled_by:
+            if time.monotonic() - self._last_refusal >= quiet:
+                return
+            await asyncio.sleep(0.02)
 
     async def intercept_service(
         self,
@@ -167,6 +174,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
 
         async def behavior(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if self._draining:
+                self._last_refusal = time.monotonic()
                 await ctx.abort(grpc.StatusCode.UNAVAILABLE, "shutting down; retry")
             started = time.perf_counter()
             code = grpc.StatusCode.OK
@@ -235,10 +243,14 @@ def build_server(
     return server, chassis
 
 
-def add_health_and_reflection(
-    server: grpc.aio.Server, service_names: Iterable[str]
-) -> health.aio.HealthServicer:
-    """Health and server reflection, after checking that every served RPC is guarded.
+def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+def add_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+    """Server reflection, after checking that every served RPC is guarded.
 
     Reflection answers under v1alpha and v1: grpcio-reflection implements only v1alpha, whose
     messages are the same on the wire as v1's, so its servicer also serves the v1 name.
@@ -246,8 +258,6 @@ def add_health_and_reflection(
     pool = descriptor_pool.Default()
     for name in service_names:
         contract.check_service(pool.FindServiceByName(name))
-    servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1]
     reflecting = reflection.aio.ReflectionServicer(names, pool=pool)
     for service_name in (reflection.SERVICE_NAME, REFLECTION_V1):
@@ -265,7 +275,6 @@ def add_health_and_reflection(
                 )
             ]
         )
-    return servicer
 
 
 async def set_serving(

@@ -6,7 +6,8 @@ claims `(tenant, caller, key)` and stores its response in the same transaction a
 A repeat with the same request gets the stored response (same id, same status) without
 running again; a repeat with another request is refused; a repeat that arrives while the first
 is still running waits for it (the claim's unique index holds it) and then gets its answer.
-An error rolls the claim back with everything else, so a key is never left stuck.
+An error rolls the claim back with everything else, so a key is never left stuck. An answer
+that carries a secret is not stored: a repeat is refused, never answered with the secret.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from crmkit import context, db
-from crmkit.errors import ServiceError, invalid_field
+from crmkit import context, contract, db
+from crmkit.errors import FailedPrecondition, ServiceError, invalid_field
 
 METADATA_KEY = "idempotency-key"
 MAX_KEY_LENGTH = 255
@@ -33,11 +34,11 @@ ON CONFLICT DO NOTHING
 RETURNING 1 AS claimed
 """
 _STORED = """
-SELECT method, request_hash, response FROM idempotency_records
+SELECT method, request_hash, response, withheld FROM idempotency_records
 WHERE tenant_id = %s AND principal = %s AND key = %s
 """
 _COMPLETE = """
-UPDATE idempotency_records SET response = %s
+UPDATE idempotency_records SET response = %s, withheld = %s
 WHERE tenant_id = %s AND principal = %s AND key = %s
 """
 
@@ -81,7 +82,14 @@ async def once(
             assert row is not None  # the conflicting row is committed and ours to see
             if row["method"] != full_method or bytes(row["request_hash"]) != fingerprint:
                 raise key_reused()
+            if row["withheld"]:
+                raise FailedPrecondition(
+                    "this request was done and its answer held a secret, which is shown only "
+                    "once; read the resource, and rotate the secret if it was lost"
+                )
             return response_class.FromString(bytes(row["response"]))
         response: Message = await call()
-        await conn.execute(_COMPLETE, (response.SerializeToString(), *ids))
+        withheld = contract.carries_secret(response)
+        stored = b"" if withheld else response.SerializeToString()
+        await conn.execute(_COMPLETE, (stored, withheld, *ids))
         return response

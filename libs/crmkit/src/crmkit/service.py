@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+from grpc_health.v1 import health
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -54,7 +55,11 @@ class Runtime:
     # The gRPC services served: the definition's, plus any the wiring adds (the gateway's
     # depend on its configured backends). Health, reflection and contract checks cover these.
     grpc_services: list[str] = field(default_factory=list)
+    # Names whose health the wiring reports itself (the gateway mirrors its backends'); the
+    # chassis's own SERVING/NOT_SERVING leaves them alone.
+    mirrored_health: set[str] = field(default_factory=set)
     server: grpc.aio.Server = field(init=False)
+    health: health.aio.HealthServicer = field(init=False)
     interceptor: grpc_server.ChassisInterceptor = field(init=False)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set when shutdown begins
@@ -64,6 +69,7 @@ class Runtime:
             lambda md, scope: self.authenticate(md, scope),
             self.pool if self.records_idempotency_keys else None,
         )
+        self.health = grpc_server.add_health(self.server)
 
 
 @dataclass(frozen=True)
@@ -165,9 +171,11 @@ async def serve(
         grpc_services=list(defn.grpc_services),
     )
     server = runtime.server
+    health = runtime.health
+    await grpc_server.set_serving(health, [], serving=False)
     workers = await defn.wire(runtime)
-    served = runtime.grpc_services
-    health = grpc_server.add_health_and_reflection(server, served)
+    grpc_server.add_reflection(server, runtime.grpc_services)
+    served = [s for s in runtime.grpc_services if s not in runtime.mirrored_health]
     await grpc_server.set_serving(health, served, serving=False)
     workers.append(
         housekeeping.worker(

@@ -14,7 +14,8 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import auth, grpc_server
+from crm.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from crmkit import auth, grpc_server, idempotency
 from crmkit.context import Identity, caller
 from trellis_devstack.infra import free_port
 
@@ -181,3 +182,63 @@ async def test_drain_ends_when_the_calls_in_flight_are_done_despite_steady_traff
     await asyncio.wait_for(asyncio.gather(traffic(), drain), 60)
     await in_flight  # it was let finish: no error
     assert refused >= 20
+
+
+async def test_an_answer_with_a_secret_is_never_stored_for_a_repeat(pool: Any, owner: Any) -> None:
+    """Recorded keys keep answers to replay them, except answers holding a secret (a field
+    marked debug_redact, such as a new API key's): a repeat is refused, never given it."""
+    made: list[str] = []
+
+    async def create_key(request: Any, context: Ctx) -> gateway_pb2.ApiKey:
+        made.append(request.api_key.name)
+        return gateway_pb2.ApiKey(id="k1", name=request.api_key.name, secret="shown-once")
+
+    server, _ = grpc_server.build_server(
+        grpc_server.internal_token_authenticator(
+            auth.Verifier(auth.load_jwks(auth.jwks(KEY.public_jwk())))
+        ),
+        pool,
+    )
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "crm.gateway.v1.ApiKeysService",
+                {
+                    "CreateApiKey": grpc.unary_unary_rpc_method_handler(
+                        create_key,
+                        request_deserializer=gateway_pb2.CreateApiKeyRequest.FromString,
+                        response_serializer=lambda m: m.SerializeToString(),
+                    )
+                },
+            )
+        ]
+    )
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = gateway_pb2_grpc.ApiKeysServiceStub(channel)
+            request = gateway_pb2.CreateApiKeyRequest(api_key=gateway_pb2.ApiKey(name="ci"))
+            keyed = (*md(), (idempotency.METADATA_KEY, "key-1"))
+            first = await stub.CreateApiKey(request, metadata=keyed)
+            assert first.secret == "shown-once"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.CreateApiKey(request, metadata=keyed)
+            assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+            assert "shown only once" in (err.value.details() or "")
+    finally:
+        await server.stop(0)
+    assert made == ["ci"]  # not run twice
+    async with owner.connection() as conn:  # every tenant's records: the secret is in none
+        cur = await conn.execute(
+            "SELECT count(*) AS n, bool_and(withheld) AS withheld FROM idempotency_records"
+            " WHERE position(%s in response) > 0 OR withheld",
+            (b"shown-once",),
+        )
+        assert await cur.fetchone() == {"n": 1, "withheld": True}
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM idempotency_records WHERE position(%s in response) > 0",
+            (b"shown-once",),
+        )
+        assert await cur.fetchone() == {"n": 0}

@@ -19,7 +19,7 @@ from trellis_gateway import openapi
 from trellis_gateway.admin import Admin
 from trellis_gateway.apikeys import KeyVerifier
 from trellis_gateway.config import GatewaySettings
-from trellis_gateway.dispatch import BackendHealth, Dispatcher
+from trellis_gateway.dispatch import BackendHealth, Dispatcher, ServingStatus
 from trellis_gateway.grpc_proxy import ProxyHandler, api_key_authenticator
 from trellis_gateway.http_app import Gateway, asgi
 from trellis_gateway.http_server import HttpServer
@@ -58,6 +58,7 @@ def assemble(
     pool: Pool,
     ready: Callable[[], Awaitable[bool]],
     clocks: Clocks = Clocks(),
+    publish_health: Callable[[str, ServingStatus], Awaitable[None]] | None = None,
 ) -> Parts:
     """The gateway's own services and those of every backend it has an address for
     (GATEWAY_<SERVICE>_ADDR, one per service that declares the gateway among its callers)."""
@@ -93,7 +94,7 @@ def assemble(
         address = settings.callees()[name]
         dispatcher.add_backend(name, services, address, tokens, settings.backend_timeout_seconds)
     dispatcher.check(f"/{s.full_name}/{m.name}" for s in published for m in s.methods)
-    health = BackendHealth(dispatcher.backends)
+    health = BackendHealth(dispatcher.backends, publish_health)
     store = IdempotencyStore(
         pool,
         ttl=timedelta(hours=settings.idempotency_ttl_hours),
@@ -128,8 +129,10 @@ async def wire(runtime: Runtime) -> list[Worker]:
             return False
         return True
 
-    parts = assemble(settings, runtime.pool, ready)
+    # The gateway's gRPC health tells, under each backend's service names, that backend's own.
+    parts = assemble(settings, runtime.pool, ready, publish_health=runtime.health.set)
     runtime.grpc_services.extend(s.full_name for s in parts.published)
+    runtime.mirrored_health.update(name for b in parts.dispatcher.backends for name in b.services)
     runtime.on_stop.append(parts.dispatcher.close)
     runtime.authenticate = api_key_authenticator(parts.verifier, parts.limiter)
     runtime.server.add_generic_rpc_handlers([ProxyHandler(parts.routes, parts.dispatcher)])

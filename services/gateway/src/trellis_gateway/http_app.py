@@ -32,7 +32,7 @@ from starlette.routing import Route as HttpRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from crmkit import context, metrics
+from crmkit import context, contract, metrics
 from crmkit.context import Identity
 from crmkit.errors import ServiceError
 from crmkit.grpc_server import status_of
@@ -49,6 +49,7 @@ from trellis_gateway.routes import (
     RouteTable,
     build_request,
     message_to_json,
+    success_status,
 )
 
 log = logging.getLogger("trellis_gateway.access")
@@ -281,7 +282,7 @@ class Gateway:
         if response.status_code >= 500 or response.status_code == 429:
             await self._let_go(identity, key, claim.token)
             return response
-        withhold = answer.result is not None and idempotency.carries_secret(answer.result)
+        withhold = answer.result is not None and contract.carries_secret(answer.result)
         kept = _WITHHELD_HEADERS if withhold else _REPLAYED_HEADERS
         try:
             await self.idempotency.complete(
@@ -487,29 +488,8 @@ def _if_match(request: Request) -> str:
     return value.strip().removeprefix("W/").strip('"')
 
 
-def _is_standard_create(route: Route) -> bool:
-    """AIP-133's Create, by its shape rather than its name: a POST to a collection (no custom
-    verb) whose body is the resource and whose response is that resource."""
-    if route.http_method != "POST" or route.body in ("", "*"):
-        return False
-    if ":" in route.path_template.rsplit("/", 1)[-1]:
-        return False
-    body = route.method.input_type.fields_by_name.get(route.body)
-    output = route.method.output_type.full_name
-    return (
-        body is not None and body.message_type is not None and body.message_type.full_name == output
-    )
-
-
-def answer_status(route: Route) -> int:
-    """The status of a successful call: 204 without content, 201 for a Create, else 200."""
-    if route.method.output_type.full_name == "google.protobuf.Empty":
-        return 204
-    return 201 if _is_standard_create(route) else 200
-
-
 def _render(route: Route, result: Message, path: str) -> Response:
-    status = answer_status(route)
+    status = success_status(route)
     if status == 204:
         return Response(status_code=204)
     headers = {}

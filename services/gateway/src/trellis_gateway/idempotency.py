@@ -21,18 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 
-from google.protobuf.message import Message
 from psycopg.types.json import Jsonb
 
 from crmkit.context import Identity
 from crmkit.db import Pool
-from crmkit.limits import is_map_field
 
 MAX_KEY_LENGTH = 255
-
-# Credentials shown once. protobuf marks such fields with the standard `debug_redact` option,
-# which is what this reads; ApiKey.secret predates that marking, so it is also named here.
-_SECRET_FIELDS = frozenset({"crm.gateway.v1.ApiKey.secret"})
 
 _CLAIM = """
 INSERT INTO idempotency_keys AS k
@@ -84,23 +78,6 @@ def request_hash(method: str, path: str, query: str, body: bytes) -> bytes:
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()
-
-
-def carries_secret(message: Message) -> bool:
-    """Whether a message holds a secret anywhere (a field marked debug_redact, or known)."""
-    for desc, value in message.ListFields():
-        if desc.GetOptions().debug_redact or desc.full_name in _SECRET_FIELDS:
-            return True
-        if desc.message_type is None:
-            continue
-        if is_map_field(desc):
-            inner = desc.message_type.fields_by_name["value"].message_type is not None
-            children = list(value.values()) if inner else []
-        else:
-            children = list(value) if desc.is_repeated else [value]
-        if any(carries_secret(child) for child in children):
-            return True
-    return False
 
 
 def utc_now() -> datetime:

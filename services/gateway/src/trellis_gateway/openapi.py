@@ -694,6 +694,7 @@ def build_openapi(
                         "type": "string",
                         "minLength": 1,
                         "maxLength": idempotency.MAX_KEY_LENGTH,
+                        "pattern": "^[\\x20-\\x7E]+$",  # printable ASCII, as the gateway checks
                     },
                 },
             },

@@ -500,8 +500,22 @@ def message_to_json(msg: Message) -> dict[str, Any]:
     )
 
 
+def _is_standard_create(route: Route) -> bool:
+    """AIP-133's Create, by its shape rather than its name: a POST to a collection (no custom
+    verb) whose body is the resource and whose response is that resource."""
+    if route.http_method != "POST" or route.body in ("", "*"):
+        return False
+    if ":" in route.path_template.rsplit("/", 1)[-1]:
+        return False
+    body = route.method.input_type.fields_by_name.get(route.body)
+    output = route.method.output_type.full_name
+    return (
+        body is not None and body.message_type is not None and body.message_type.full_name == output
+    )
+
+
 def success_status(route: Route) -> int:
-    """201 for standard Create methods (AIP-133), 204 when the RPC returns Empty, else 200."""
+    """The status of a successful call: 204 without content, 201 for a Create, else 200."""
     if route.method.output_type.full_name == "google.protobuf.Empty":
         return 204
-    return 201 if route.method.name.startswith("Create") else 200
+    return 201 if _is_standard_create(route) else 200

@@ -8,8 +8,7 @@ import importlib
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2
 
-from trellis_gateway.http_app import answer_status
-from trellis_gateway.routes import Route, build_routes
+from trellis_gateway.routes import Route, build_routes, success_status
 
 _F = descriptor_pb2.FieldDescriptorProto
 _HTTP = importlib.import_module("google.api.annotations_pb2").http
@@ -72,4 +71,4 @@ ROUTES = _routes()
     ],
 )
 def test_answer_status_follows_the_method_kind(rpc: str, status: int) -> None:
-    assert answer_status(ROUTES[rpc]) == status
+    assert success_status(ROUTES[rpc]) == status

@@ -85,7 +85,8 @@ def engagement_handler(clock: Clock) -> Handler:
 # --- the contact projection -------------------------------------------------------------------
 
 
-async def _upsert_contact(conn: db.Conn, tenant_id: str, contact: Any) -> None:
+async def _upsert_contact(conn: db.Conn, tenant_id: str, contact_id: str, contact: Any) -> None:
+    """The summary of `contact_id` (the event's subject: the record the event is about)."""
     emails = list(contact.emails)
     await conn.execute(
         """
@@ -100,7 +101,7 @@ async def _upsert_contact(conn: db.Conn, tenant_id: str, contact: Any) -> None:
         """,
         (
             tenant_id,
-            contact.id,
+            contact_id,
             contact.first_name,
             contact.last_name,
             emails,
@@ -169,7 +170,7 @@ async def _contact_event(conn: db.Conn, event_: Event, now: datetime) -> None:
             if event_.type.endswith(".created.v1")
             else contact_events.ContactUpdated
         )
-        await _upsert_contact(conn, tenant_id, _message(event_.data, kind).contact)
+        await _upsert_contact(conn, tenant_id, contact_id, _message(event_.data, kind).contact)
     after = await leads.leads_of_contact(conn, tenant_id, contact_id)
     await leads.rescore(conn, tenant_id, sorted(set(before) | set(after)), now, "contact")
 

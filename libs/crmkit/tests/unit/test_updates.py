@@ -1,0 +1,62 @@
+"""Partial updates: mask resolution, merging (map entries included) and changed fields."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+
+from crm.contacts.v1 import contacts_pb2
+from crmkit import updates
+from crmkit.errors import Invalid
+
+
+@dataclass(frozen=True)
+class Thing:
+    name: str = ""
+    size: int = 0
+    labels: Mapping[str, object] = field(default_factory=dict)
+
+
+WRITABLE = updates.writable_paths(Thing)
+OUTPUT_ONLY = frozenset({"id", "etag"})
+MAPS = frozenset({"labels"})
+
+
+def test_writable_paths_are_the_fields() -> None:
+    assert {"name", "size", "labels"} == WRITABLE
+
+
+def test_an_empty_mask_means_the_fields_set_in_the_message() -> None:
+    msg = contacts_pb2.Contact(first_name="Ada", tags=["x"])
+    assert updates.requested_paths([], msg) == ["first_name", "tags"]
+    assert updates.requested_paths(["last_name"], msg) == ["last_name"]
+
+
+def test_resolve_mask_drops_output_only_and_repeats_and_names_unknown_paths() -> None:
+    assert updates.resolve_mask(
+        ["name", "id", "name", "labels.tier"], WRITABLE, OUTPUT_ONLY, MAPS
+    ) == ["name", "labels.tier"]
+    with pytest.raises(Invalid) as err:
+        updates.resolve_mask(["colour", "size.x", "labels."], WRITABLE, OUTPUT_ONLY, MAPS)
+    assert err.value.violations == [
+        ("update_mask", "unknown field 'colour'"),
+        ("update_mask", "unknown field 'size.x'"),
+        ("update_mask", "unknown field 'labels.'"),
+    ]
+
+
+def test_merge_takes_masked_fields_and_single_map_entries() -> None:
+    current = Thing("a", 1, {"keep": 1, "drop": 2, "change": 3})
+    draft = Thing("b", 9, {"change": 4, "new": 5})
+    merged = updates.merge(current, draft, ["name", "labels.change", "labels.drop", "labels.new"])
+    assert merged == Thing("b", 1, {"keep": 1, "change": 4, "new": 5})
+    assert updates.merge(current, draft, ["labels"]) == Thing("a", 1, {"change": 4, "new": 5})
+
+
+def test_changed_fields_lists_map_entries_and_tells_true_from_one() -> None:
+    old = Thing("a", 1, {"flag": True, "same": "x"})
+    new = Thing("a", 2, {"flag": 1, "same": "x", "added": "y"})
+    assert updates.changed_fields(old, new) == ["size", "labels.added", "labels.flag"]
+    assert updates.top_level(["labels.flag", "size"]) == {"labels", "size"}

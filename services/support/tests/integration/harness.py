@@ -1,0 +1,266 @@
+"""What the support integration tests share: the real support and contacts services in this
+process (over real gRPC channels, PostgreSQL and NATS), a clock the tests move, tenants with
+identity tokens, and views of the database behind the service's back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2
+
+from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from crm.support.v1 import support_pb2 as pb
+from crm.support.v1 import support_pb2_grpc
+from crmkit import auth
+from crmkit.context import Identity
+from crmkit.errors import violations_of
+from crmkit.service import serve
+from trellis_contacts.config import ContactsSettings
+from trellis_devstack.infra import free_port
+from trellis_devstack.probes import wait_for_health
+from trellis_support.app import definition
+from trellis_support.config import SupportSettings
+
+KEY = auth.SigningKey.generate("gateway-test")
+AGENT = (
+    "support:read",
+    "support:write",
+    "support:admin",
+    "kb:read",
+    "kb:write",
+    "contacts:read",
+    "contacts:write",
+)
+HOUR = 3600
+
+
+class FakeClock:
+    """The services' clock in these tests: it moves only when a test moves it, and only
+    forward (tickets of earlier tests keep consistent histories)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+    def next(self, weekday: int, hour: int) -> datetime:
+        """Move to the next `weekday` (Monday 0) at `hour`:00 UTC: a known point of the week
+        for business-hours cases."""
+        day = self.now.date() + timedelta(days=(weekday - self.now.weekday()) % 7 or 7)
+        self.now = datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+        return self.now
+
+
+def token(tenant_id: str, scopes: Iterable[str] = AGENT, principal: str = "key-1") -> str:
+    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), KEY, ttl_seconds=120)
+
+
+def common_settings(nats_url: str) -> dict[str, Any]:
+    return {
+        "bind_host": "127.0.0.1",
+        "grpc_port": free_port(),
+        "metrics_port": 0,
+        "db_pool_min": 1,
+        "db_pool_max": 10,
+        "shutdown_grace_seconds": 2,
+        "NATS_URL": nats_url,
+        "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
+    }
+
+
+@dataclass
+class Instance:
+    """One running support process (a replica), stoppable."""
+
+    address: str
+    channel: grpc.aio.Channel
+    stop: Callable[[], Awaitable[None]]
+
+    @property
+    def stub(self) -> support_pb2_grpc.SupportServiceAsyncStub:
+        return support_pb2_grpc.SupportServiceStub(self.channel)
+
+
+@asynccontextmanager
+async def hosted(
+    serving: Callable[[asyncio.Event], Coroutine[Any, Any, None]], address: str
+) -> AsyncIterator[Instance]:
+    """Run a service until the block ends (or its instance is stopped first)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serving(stop))
+    channel = grpc.aio.insecure_channel(address)
+
+    async def stopped() -> None:
+        stop.set()
+        await task
+
+    try:
+        await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        yield Instance(address, channel, stopped)
+    finally:
+        await stopped()
+        await channel.close()
+
+
+def support_settings(app_url: str, nats_url: str, contacts: str, **extra: Any) -> SupportSettings:
+    return SupportSettings.model_validate(
+        {
+            **common_settings(nats_url),
+            "database_url": app_url,
+            "contacts_addr": contacts,
+            "sla_check_interval_seconds": 0.02,
+            **extra,
+        }
+    )
+
+
+def start_support(
+    app_url: str, nats_url: str, contacts: str, clock: FakeClock, **extra: Any
+) -> AbstractAsyncContextManager[Instance]:
+    settings = support_settings(app_url, nats_url, contacts, **extra)
+    return hosted(
+        lambda stop: serve(definition(clock), settings, stop), f"127.0.0.1:{settings.grpc_port}"
+    )
+
+
+def contacts_settings(app_url: str, nats_url: str) -> ContactsSettings:
+    return ContactsSettings.model_validate({**common_settings(nats_url), "database_url": app_url})
+
+
+@dataclass
+class Database:
+    """A service's database seen from behind: the superuser sees every tenant's rows."""
+
+    admin_url: str
+
+    async def rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    async def events(self, tenant_id: str, ce_type: str = "") -> list[tuple[str, dict[str, Any]]]:
+        """(ce_type, data) of the tenant's outbox rows, in order; of one type if given."""
+        rows = await self.rows(
+            "SELECT ce_type, data FROM outbox WHERE tenant_id = %s"
+            " AND (%s = '' OR ce_type = %s) ORDER BY seq",
+            tenant_id,
+            ce_type,
+            ce_type,
+        )
+        return [(r[0], json.loads(bytes(r[1]))) for r in rows]
+
+
+@dataclass
+class Platform:
+    """The services under test and their clock."""
+
+    support: Instance
+    contacts: Instance
+    db: Database
+    clock: FakeClock
+    app_url: str
+    nats_url: str
+
+    @property
+    def stub(self) -> support_pb2_grpc.SupportServiceAsyncStub:
+        return self.support.stub
+
+    @property
+    def contacts_stub(self) -> contacts_pb2_grpc.ContactsServiceAsyncStub:
+        return contacts_pb2_grpc.ContactsServiceStub(self.contacts.channel)
+
+
+@dataclass
+class Tenant:
+    id: str
+    scopes: tuple[str, ...] = AGENT
+    contact_ids: list[str] = field(default_factory=list)
+
+    def md(self, *scopes: str, principal: str = "key-1") -> tuple[tuple[str, str], ...]:
+        return ((auth.METADATA_KEY, token(self.id, scopes or self.scopes, principal)),)
+
+
+async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error a call fails with (and a test failure if it succeeds)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded")
+
+
+def field_errors(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    return dict(violations_of(err))
+
+
+async def new_contact(p: Platform, tenant: Tenant, **fields: Any) -> contacts_pb2.Contact:
+    return await p.contacts_stub.CreateContact(
+        contacts_pb2.CreateContactRequest(
+            contact=contacts_pb2.Contact(**{"first_name": "Ada", **fields})
+        ),
+        metadata=tenant.md(),
+    )
+
+
+async def new_ticket(p: Platform, tenant: Tenant, contact_id: str = "", **fields: Any) -> pb.Ticket:
+    if not contact_id:
+        contact_id = (await new_contact(p, tenant)).id
+    ticket = pb.Ticket(**{"subject": "Printer on fire", "contact_id": contact_id, **fields})
+    return await p.stub.CreateTicket(pb.CreateTicketRequest(ticket=ticket), metadata=tenant.md())
+
+
+async def new_policy(p: Platform, tenant: Tenant, **fields: Any) -> pb.SlaPolicy:
+    policy = pb.SlaPolicy(**{"name": "Standard", **fields})
+    return await p.stub.CreateSlaPolicy(
+        pb.CreateSlaPolicyRequest(sla_policy=policy), metadata=tenant.md()
+    )
+
+
+def targets(**seconds: int) -> pb.SlaTargets:
+    found = pb.SlaTargets()
+    for name, value in seconds.items():
+        getattr(found, name).FromSeconds(value)
+    return found
+
+
+async def reply(
+    p: Platform, tenant: Tenant, ticket_id: str, body: str = "On it.", **fields: Any
+) -> pb.Comment:
+    return await p.stub.CreateComment(
+        pb.CreateCommentRequest(ticket_id=ticket_id, comment=pb.Comment(body=body, **fields)),
+        metadata=tenant.md(),
+    )
+
+
+async def set_status(
+    p: Platform, tenant: Tenant, ticket_id: str, status: pb.TicketStatus.ValueType
+) -> pb.Ticket:
+    return await p.stub.ChangeTicketStatus(
+        pb.ChangeTicketStatusRequest(id=ticket_id, status=status), metadata=tenant.md()
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: float = 20) -> Any:
+    """Poll until `check()` is truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + within
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+        await asyncio.sleep(0.05)
