@@ -1,8 +1,8 @@
 """The writes of the fault run, one kind per service: what each sends, what it should leave in
 its service's database and on the stream, and the figures that compare them.
 
-A new service joins the suite by adding its kind to KINDS (support: a ticket reply; notify: a
-webhook delivery): the run drives, faults, waits for and checks every kind the same way.
+A new service joins the suite by adding its kind to KINDS (notify: a webhook delivery): the
+run drives, faults, waits for and checks every kind the same way, and kills its service.
 """
 
 from __future__ import annotations
@@ -80,6 +80,30 @@ def count_events(
     figures.duplicate_events += sum(len(found) - 1 for found in contents.values())
 
 
+def count_creates(figures: Figures, writes: Sequence[Write], records: dict[str, list[str]]) -> None:
+    """Creates against the records their labels find: one each for the acknowledged (the id
+    its caller was told), none for the others, and none that no write of the run asked for."""
+    records = dict(records)
+    for write in writes:
+        found = records.pop(write.label, [])
+        figures.duplicate_records += max(0, len(found) - 1)
+        if write.answer is not None:
+            figures.acknowledged += 1
+            figures.lost += write.answer["id"] not in found
+        else:
+            figures.given_up += 1
+            figures.unanswered_committed += bool(found)
+    figures.unanswered_committed += sum(len(found) for found in records.values())
+
+
+async def labelled(conn: Conn, query: str, *params: str) -> dict[str, list[str]]:
+    """Record ids by label, from a query of (id, label) rows."""
+    records: dict[str, list[str]] = defaultdict(list)
+    for record_id, label in await (await conn.execute(query, params)).fetchall():
+        records[label].append(record_id)
+    return records
+
+
 class ContactCreates:
     """POST /v1/contacts with an Idempotency-Key. Each body is told apart by its last name,
     not by an email: emails are unique per tenant, which would turn a second record into a
@@ -91,6 +115,7 @@ class ContactCreates:
     weight = 3
     keyed = True
     EVENT = "contacts.contact.created"
+    TAG = "fault-suite"  # on every contact this kind writes, and on no other
 
     def __init__(self) -> None:
         self._run = uuid.uuid4().hex[:8]
@@ -107,7 +132,7 @@ class ContactCreates:
             label,
             "POST",
             "/v1/contacts",
-            {"first_name": "Fault", "last_name": label, "tags": ["fault-suite"]},
+            {"first_name": "Fault", "last_name": label, "tags": [self.TAG]},
             key=str(uuid.uuid4()),
         )
 
@@ -119,25 +144,73 @@ class ContactCreates:
         self, writes: Sequence[Write], conn: Conn, tenant_id: str, deliveries: Sequence[Delivery]
     ) -> Figures:
         figures = Figures()
-        cur = await conn.execute(
-            "SELECT id::text, last_name FROM contacts WHERE tenant_id = %s", (tenant_id,)
+        # Other kinds make contacts too (a ticket needs one): all have their event, version 1.
+        everyone = await labelled(
+            conn, "SELECT id::text, last_name FROM contacts WHERE tenant_id = %s", tenant_id
         )
-        records: dict[str, list[str]] = defaultdict(list)
-        for contact_id, label in await cur.fetchall():
-            records[label].append(contact_id)
-        # Every contact the tenant has was made by a write of the run, each once: version 1.
-        expected = {(self.EVENT, cid, "1") for found in records.values() for cid in found}
-        for write in writes:
-            found = records.pop(write.label, [])
-            figures.duplicate_records += max(0, len(found) - 1)
-            if write.answer is not None:
-                figures.acknowledged += 1
-                figures.lost += write.answer["id"] not in found
-            else:
-                figures.given_up += 1
-                figures.unanswered_committed += bool(found)
-        # A contact no write of the run asked for: nobody was ever told of it.
-        figures.unanswered_committed += sum(len(found) for found in records.values())
+        expected = {(self.EVENT, cid, "1") for found in everyone.values() for cid in found}
+        mine = await labelled(
+            conn,
+            "SELECT id::text, last_name FROM contacts WHERE tenant_id = %s AND %s = ANY(tags)",
+            tenant_id,
+            self.TAG,
+        )
+        count_creates(figures, writes, mine)
+        count_events(figures, expected, self.EVENT, deliveries)
+        return figures
+
+
+class TicketReplies:
+    """POST /v1/tickets/{id}/comments with an Idempotency-Key: a reply, told apart by its
+    body. Each lane replies on a ticket of its own."""
+
+    name = "ticket reply"
+    service = "support"
+    scopes: tuple[str, ...] = ("contacts:write", "support:read", "support:write")
+    weight = 1
+    keyed = True
+    EVENT = "support.comment.created"
+
+    def __init__(self) -> None:
+        self._run = uuid.uuid4().hex[:8]
+        self._made = 0
+        self._tickets: list[str] = []
+
+    async def prepare(self, client: Client, lanes: int) -> None:
+        holder = Write(self.name, "contact", "POST", "/v1/contacts", {"first_name": "Holder"})
+        await client.send(holder)
+        assert holder.answer is not None, holder.statuses
+        for lane in range(lanes):
+            ticket = Write(
+                self.name,
+                f"ticket {lane}",
+                "POST",
+                "/v1/tickets",
+                {"subject": f"Fault {lane}", "contact_id": holder.answer["id"]},
+            )
+            await client.send(ticket)
+            assert ticket.answer is not None, ticket.statuses
+            self._tickets.append(ticket.answer["id"])
+
+    def next_write(self, lane: int) -> Write:
+        self._made += 1
+        label = f"fault-{self._run}-{lane}-{self._made}"
+        path = f"/v1/tickets/{self._tickets[lane]}/comments"
+        return Write(self.name, label, "POST", path, {"body": label}, key=str(uuid.uuid4()))
+
+    def event_of(self, write: Write) -> EventKey:
+        assert write.answer is not None
+        return (self.EVENT, write.answer["id"], "1")  # a comment is never changed
+
+    async def verify(
+        self, writes: Sequence[Write], conn: Conn, tenant_id: str, deliveries: Sequence[Delivery]
+    ) -> Figures:
+        figures = Figures()
+        replies = await labelled(
+            conn, "SELECT id::text, body FROM comments WHERE tenant_id = %s", tenant_id
+        )
+        count_creates(figures, writes, replies)
+        expected = {(self.EVENT, cid, "1") for found in replies.values() for cid in found}
         count_events(figures, expected, self.EVENT, deliveries)
         return figures
 
@@ -228,4 +301,4 @@ class DealStageChanges:
 
 
 # Every kind of write the suite drives, with the services it checks.
-KINDS: tuple[type[WriteKind], ...] = (ContactCreates, DealStageChanges)
+KINDS: tuple[type[WriteKind], ...] = (ContactCreates, DealStageChanges, TicketReplies)
