@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,32 +172,27 @@ class Platform:
             self.processes.start(fault.piece)
 
     async def _kill_postgres(self, writers: Sequence[str], keyed: Sequence[str]) -> str:
-        """The postmaster dies under the gateway's own queries (claims on keys: its database
-        dropping connections mid-request) and under the other writes mid-transaction in their
-        services (keyed writes wait at the gateway's claim and never get that far)."""
+        """The postmaster dies under the other writes mid-transaction in their services and
+        under the gateway's own queries (claims on keys: its database dropping connections
+        mid-request; keyed writes wait there and never get further)."""
         async with contextlib.AsyncExitStack() as held:
+            # The services first: once the gateway's claims wait, every lane soon waits on
+            # one, and no write of another kind would come to be held.
             holds = {
-                GATEWAY: await held.enter_async_context(self.hold(GATEWAY, "idempotency_keys"))
+                service: await held.enter_async_context(self.hold(service, "outbox"))
+                for service in writers
+                if service not in keyed
             }
-            for service in writers:
-                if service not in keyed:
-                    holds[service] = await held.enter_async_context(self.hold(service, "outbox"))
-
-            async def all_wait() -> bool:
-                return all([await h.writers() > 0 for h in holds.values()])
-
-            await until(all_wait, "queries waiting in every database held")
+            await until(lambda: _all_wait(holds.values()), "writes waiting in the services")
+            holds[GATEWAY] = await held.enter_async_context(self.hold(GATEWAY, "idempotency_keys"))
+            await until(lambda: _all_wait([holds[GATEWAY]]), "a claim waiting in the gateway")
             cut = {service: await h.writers() for service, h in holds.items()}
             await asyncio.to_thread(self.postgres.kill)
         return "queries cut: " + ", ".join(f"{s} {n}" for s, n in cut.items())
 
     async def _kill_service(self, service: str) -> str:
         async with self.hold(service, "outbox") as outbox:
-
-            async def waiting() -> bool:
-                return await outbox.writers() > 0
-
-            await until(waiting, f"a write waiting in {service}")
+            await until(lambda: _all_wait([outbox]), f"a write waiting in {service}")
             cut = await outbox.writers()
             await asyncio.to_thread(self.processes.kill, service)
         return f"{cut} writes cut mid-transaction"
@@ -208,11 +203,7 @@ class Platform:
         (issue 13's 2 of 4,000). Their retries must get the first answers, not second records."""
         async with contextlib.AsyncExitStack() as held:
             outboxes = [await held.enter_async_context(self.hold(s, "outbox")) for s in keyed]
-
-            async def waiting() -> bool:
-                return all([await o.writers() > 0 for o in outboxes])
-
-            await until(waiting, "writes waiting in the services")
+            await until(lambda: _all_wait(outboxes), "writes waiting in the services")
             # Their answers will wait on the gateway's key store, and no new write gets past it.
             await held.enter_async_context(self.hold(GATEWAY, "idempotency_keys"))
             held_writes = [(o, await o.rows(), await o.writers()) for o in outboxes]
@@ -230,11 +221,7 @@ class Platform:
         """SIGTERM while calls are in flight, which the gateway lets finish in its grace."""
         async with contextlib.AsyncExitStack() as held:
             outboxes = [await held.enter_async_context(self.hold(s, "outbox")) for s in keyed]
-
-            async def waiting() -> bool:
-                return all([await o.writers() > 0 for o in outboxes])
-
-            await until(waiting, "writes waiting in the services")
+            await until(lambda: _all_wait(outboxes), "writes waiting in the services")
             in_flight = sum([await o.writers() for o in outboxes])
             stopped = asyncio.create_task(asyncio.to_thread(self.processes.stop, GATEWAY))
             await until(self._gateway_not_ready, "the gateway to begin its shutdown")
@@ -251,6 +238,11 @@ class Platform:
         except httpx.TransportError:
             return True  # no longer listening
         return r.status_code != 200
+
+
+async def _all_wait(holds: Iterable[Hold]) -> bool:
+    """Whether a writer waits on every table held."""
+    return all([await h.writers() > 0 for h in holds])
 
 
 @contextlib.contextmanager
