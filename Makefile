@@ -11,7 +11,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: run test lint fmt typecheck proto docs third-party proto-lint proto-breaking bench setup system-tools bench-tools clean
+.PHONY: run test faults lint fmt typecheck proto docs third-party proto-lint proto-breaking bench setup system-tools bench-tools clean
 
 ## run: start the whole platform locally (embedded PostgreSQL and NATS, all services, a demo tenant)
 run: setup
@@ -20,6 +20,13 @@ run: setup
 ## test: lint, type-check, proto checks and the whole test suite against real PostgreSQL and NATS
 test: setup third-party system-tools lint typecheck proto-lint
 	$(PY) -m pytest -q
+
+## faults: the fault suite's long form (WRITES=10000 at RATE=60 a second by default), printing its
+## table; `make test` runs the short form (200 writes at 10 a second)
+WRITES ?= 10000
+RATE ?= 60
+faults: setup
+	TRELLIS_FAULT_WRITES=$(WRITES) TRELLIS_FAULT_RATE=$(RATE) $(PY) -m pytest tests/faults -q -s
 
 # Command-line tools from Debian packages: installed when missing and we may (root), otherwise
 # named in a clear message. promtool checks metrics in the tests; hey drives the benchmarks.

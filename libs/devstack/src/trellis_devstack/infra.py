@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -100,6 +101,25 @@ class Postgres:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would, and wait until it and its backends are gone.
+
+        The backends notice their postmaster's death and exit on their own; a new postmaster
+        refuses the data directory while any of them, or the old postmaster's pid (a zombie
+        until its parent reaps it), is still there.
+        """
+        # A psutil.Process while the server runs (pgserver's annotations say None).
+        postmaster: Any = self._server.get_postmaster_info().process
+        backends = postmaster.children()
+        postmaster.kill()
+        for process in (postmaster, *backends):
+            process.wait(60)  # not our children: psutil polls until they are gone
+
+    def start(self) -> None:
+        """Start the server again on the same data directory and socket, after `kill()`; it
+        recovers from its WAL as after any crash."""
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         self._server.cleanup()
 
@@ -154,6 +174,13 @@ class Nats:
                     ) from None
                 time.sleep(0.05)
         raise RuntimeError("nats-server did not start in 15 s")
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; `start()` brings it back on its port and data."""
+        if self._proc:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:

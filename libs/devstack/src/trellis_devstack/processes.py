@@ -35,5 +35,11 @@ class ServiceProcesses:
             proc.kill()
             return proc.wait()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL the service, as a crash or an OOM kill would: nothing of it runs after."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
+
     def log_text(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
