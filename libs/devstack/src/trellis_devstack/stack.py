@@ -174,16 +174,22 @@ class Stack:
                 subprocess.run(self.command(name, "migrate"), env=self.env(name), check=True)  # noqa: S603
 
     def wait_ready(self, timeout: float = 120) -> None:
+        """Until the gateway is ready and sees every backend serving (the gateway stays ready
+        while a backend is down, so its readiness alone says nothing about the backends)."""
         # Generous: every service starts at once, and a shared machine may be busy.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.gateway_url}/readyz", timeout=1).status_code == 200:
+                answer = httpx.get(f"{self.gateway_url}/readyz", timeout=1)
+                backends = answer.json().get("backends", {})
+                if answer.status_code == 200 and all(
+                    backends.get(name) == "SERVING" for name in self.decl.backends()
+                ):
                     return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"the gateway was not ready within {timeout} s")
+        raise TimeoutError(f"the platform was not ready within {timeout} s")
 
     def create_tenant(self, name: str, scopes: list[str]) -> tuple[str, str]:
         """A tenant and an API key for it: (tenant id, key secret)."""
