@@ -304,6 +304,8 @@ class Schemas:
                 schema["minimum"] = low
             if high is not None:
                 schema["maximum"] = high
+            if must:  # zero is a number's "unset"
+                schema["not"] = {"const": 0}
         return schema
 
     def field(
@@ -390,7 +392,8 @@ def _param(
     schema = schemas.field(field, Form.INPUT, described=False)
     if item is not None:
         schema["items"] = {**schema["items"], **item}
-    param = {"name": name, "in": where, "required": where == "path", "schema": schema}
+    must = where == "path" or required(field)
+    param = {"name": name, "in": where, "required": must, "schema": schema}
     if field.full_name in schemas.comments:
         param["description"] = schemas.comments[field.full_name]
     return param
