@@ -143,6 +143,7 @@ async def wire(runtime: Runtime) -> list[Worker]:
         settings.shutdown_grace_seconds,
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
+        keep_alive_seconds=settings.keep_alive_seconds,
         trusted_proxies=settings.trusted_proxies,
     )
     purge = Periodic("purge expired idempotency keys", 600, parts.store.purge_expired)

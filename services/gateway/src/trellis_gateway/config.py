@@ -33,6 +33,14 @@ class GatewaySettings(ServiceSettings):
         default=32_768, ge=4096, le=1_048_576, description="largest request head (431 beyond)"
     )
     max_headers: int = Field(default=100, ge=16, le=1000, description="most request headers")
+    keep_alive_seconds: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="how long an idle client connection stays open: longer than the idle"
+        " timeout of the client or load balancer in front (often 60 s), so they close it first"
+        " and never send a request on a connection the gateway is closing",
+    )
     rate_limit_key_per_second: float = Field(default=50.0, gt=0)
     rate_limit_key_burst: int = Field(default=100, ge=1)
     rate_limit_tenant_per_second: float = Field(default=200.0, gt=0)

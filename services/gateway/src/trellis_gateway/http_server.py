@@ -125,6 +125,7 @@ class HttpServer:
         *,
         max_header_bytes: int,
         max_headers: int,
+        keep_alive_seconds: int,
         trusted_proxies: Sequence[Network] = (),
     ) -> None:
         config = uvicorn.Config(
@@ -136,6 +137,7 @@ class HttpServer:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(grace_seconds),
+            timeout_keep_alive=keep_alive_seconds,
             server_header=False,
             proxy_headers=bool(trusted_proxies),
             forwarded_allow_ips=[str(n) for n in trusted_proxies],

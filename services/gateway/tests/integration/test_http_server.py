@@ -36,6 +36,7 @@ async def serving(gw: Harness, proxies: Sequence[Network] = ()) -> AsyncIterator
         1,
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
+        keep_alive_seconds=settings.keep_alive_seconds,
         trusted_proxies=proxies,
     )
     running = asyncio.create_task(server.run())
