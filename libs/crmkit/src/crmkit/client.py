@@ -48,12 +48,21 @@ def service_config(services: Iterable[ServiceDescriptor]) -> str:
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": retry}]})
 
 
+# gRPC waits up to 120 s between attempts to reach a peer that is down; a peer that restarts
+# (a rollout, a crash) would then stay unreachable long after it is back. Five seconds at most.
+RECONNECT_OPTIONS = [("grpc.max_reconnect_backoff_ms", 5000)]
+
+
 def channel(services: Iterable[ServiceDescriptor], address: str) -> grpc.aio.Channel:
     """A channel with the contract's retry policy, and a client span per call when spans are
     recorded (without them, Callee.call passes the trace context on itself)."""
     return grpc.aio.insecure_channel(
         address,
-        options=[("grpc.service_config", service_config(services)), ("grpc.enable_retries", 1)],
+        options=[
+            ("grpc.service_config", service_config(services)),
+            ("grpc.enable_retries", 1),
+            *RECONNECT_OPTIONS,
+        ],
         interceptors=aio_client_interceptors() if telemetry.recording() else None,
     )
 
