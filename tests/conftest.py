@@ -19,17 +19,12 @@ def platform(
 ) -> Iterator[Platform]:
     stack = Stack.ephemeral(postgres, nats_server.url, db_prefix=f"e2e_{uuid.uuid4().hex[:6]}_")
     running = Platform(stack, tmp_path_factory.mktemp("logs"))
-    for name in stack.services:
-        running.start(name)
+    running.start_all()
     try:
-        stack.wait_ready()
-    except TimeoutError:
-        for name in stack.services:
-            print(f"--- {name} ---\n{running.log_text(name)}")
-        raise
-    yield running
-    for name in list(running.procs):
-        running.stop(name)
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop_all()
 
 
 @pytest.fixture

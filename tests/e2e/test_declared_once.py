@@ -145,14 +145,12 @@ def echo_platform(
         extra_env={"PYTHONPATH": str(gen)},
     )
     running = Platform(stack, tmp_path_factory.mktemp("echo-logs"))
-    for name in stack.services:
-        running.start(name)
+    running.start_all()
     try:
-        stack.wait_ready()
+        running.wait_ready()
         yield running
     finally:
-        for name in list(running.procs):
-            running.stop(name)
+        running.stop_all()
         sys.path.remove(str(gen))
 
 

@@ -78,14 +78,12 @@ def traced(
         },
     )
     running = Platform(stack, tmp_path_factory.mktemp("traced-logs"))
-    for name in stack.services:
-        running.start(name)
+    running.start_all()
     try:
-        stack.wait_ready()
+        running.wait_ready()
         yield running
     finally:
-        for name in list(running.procs):
-            running.stop(name)
+        running.stop_all()
 
 
 async def test_a_write_is_one_trace_from_the_gateway_to_the_published_event(

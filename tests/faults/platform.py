@@ -257,13 +257,7 @@ def platform(logs: Path) -> Iterator[Platform]:
         running.callback(nats.stop)
         stack = Stack.ephemeral(postgres, nats.url, extra_env=QUIET)
         processes = Services(stack, logs)
-
-        def stop_services() -> None:
-            for name in reversed(list(processes.procs)):
-                processes.stop(name)
-
-        running.callback(stop_services)
-        for name in stack.services:
-            processes.start(name)
-        stack.wait_ready()
+        running.callback(processes.stop_all)
+        processes.start_all()
+        processes.wait_ready()
         yield Platform(postgres, nats, stack, processes)

@@ -26,6 +26,28 @@ class ServiceProcesses:
             stderr=subprocess.STDOUT,
         )
 
+    def start_all(self) -> None:
+        for name in self.stack.services:
+            self.start(name)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until the platform is ready (Stack.wait_ready). A service that exits before fails the
+        wait at once; either failure carries the end of every service's log."""
+        try:
+            self.stack.wait_ready(timeout, alive=self._all_running)
+        except (TimeoutError, RuntimeError) as exc:
+            tails = [f"--- {name} ---\n{self.log_text(name)[-4000:]}" for name in self.procs]
+            raise type(exc)("\n".join([str(exc), *tails])) from None
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+    def _all_running(self) -> None:
+        exited = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
+        if exited:
+            raise RuntimeError(f"services exited before the platform was ready: {exited}")
+
     def stop(self, name: str) -> int:
         proc = self.procs.pop(name)
         proc.terminate()

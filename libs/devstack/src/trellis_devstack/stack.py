@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -173,14 +174,18 @@ class Stack:
             if name in self.urls:
                 subprocess.run(self.command(name, "migrate"), env=self.env(name), check=True)  # noqa: S603
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 120, alive: Callable[[], None] = lambda: None) -> None:
         """Until the gateway is ready and sees every backend serving (the gateway stays ready
-        while a backend is down, so its readiness alone says nothing about the backends)."""
+        while a backend is down, so its readiness alone says nothing about the backends).
+        `alive` is called between polls: it raises when waiting longer is pointless."""
         # Generous: every service starts at once, and a shared machine may be busy.
         deadline = time.monotonic() + timeout
+        last = "no answer"
         while time.monotonic() < deadline:
+            alive()
             try:
                 answer = httpx.get(f"{self.gateway_url}/readyz", timeout=1)
+                last = f"{answer.status_code} {answer.text}"
                 backends = answer.json().get("backends", {})
                 if answer.status_code == 200 and all(
                     backends.get(name) == "SERVING" for name in self.decl.backends()
@@ -189,7 +194,7 @@ class Stack:
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"the platform was not ready within {timeout} s")
+        raise TimeoutError(f"the platform was not ready within {timeout} s; /readyz: {last}")
 
     def create_tenant(self, name: str, scopes: list[str]) -> tuple[str, str]:
         """A tenant and an API key for it: (tenant id, key secret)."""
