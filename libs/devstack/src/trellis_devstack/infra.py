@@ -6,6 +6,7 @@ Both bind to nothing but a Unix socket (PostgreSQL) or 127.0.0.1 (NATS).
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import shutil
@@ -56,6 +57,9 @@ def free_port() -> int:
     raise RuntimeError("no free port on 127.0.0.1 outside the ephemeral range")
 
 
+MAX_CONNECTIONS = 400
+
+
 class Postgres:
     """A PostgreSQL 16 server owned by this process, stopped (and its data deleted unless
     `keep_data`) when it exits."""
@@ -66,6 +70,26 @@ class Postgres:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server = get_server(data_dir, cleanup_mode="stop" if keep_data else "delete")
         self.superuser_url: str = self._server.get_uri()
+        self._allow_connections()
+
+    def _allow_connections(self) -> None:
+        """Raise max_connections from PostgreSQL's default of 100, which a test run exhausts:
+        it runs several whole platforms on this one server at once, each service with its pool,
+        listeners and consumers. The setting takes a restart, once per data directory."""
+        # pgserver makes its command wrappers at import time, out of mypy's sight.
+        pg_ctl: Any = importlib.import_module("pgserver._commands").pg_ctl
+        with psycopg.connect(self.superuser_url, autocommit=True) as conn:
+            row = conn.execute("SHOW max_connections").fetchone()
+            if row is not None and int(row[0]) >= MAX_CONNECTIONS:
+                return
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET max_connections = {}").format(
+                    sql.Literal(MAX_CONNECTIONS)
+                )
+            )
+        pg_ctl(["-w", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
+        self._server.ensure_postgres_running()
+        self.superuser_url = self._server.get_uri()
 
     def url(self, database: str, role: str = "postgres") -> str:
         base, _, query = self.superuser_url.partition("?")
