@@ -55,11 +55,18 @@ from trellis_devstack.stack import Stack
 
 RESULTS = Path(__file__).parent / "results"
 DESCRIPTORS = Path(__file__).parents[1] / "build" / "gen" / "crm" / "descriptors.binpb"
-SCOPES = frozenset({"contacts:read", "contacts:write", "sales:read", "sales:write"})
+SCOPES = frozenset(
+    {
+        f"{domain}:{access}"
+        for domain in ("contacts", "sales", "support")
+        for access in ("read", "write")
+    }
+)
 # The gRPC services Envoy transcodes, by the service process that serves them.
 ENVOY_BACKENDS = {
     "contacts": "crm.contacts.v1.ContactsService",
     "sales": "crm.sales.v1.SalesService",
+    "support": "crm.support.v1.SupportService",
 }
 UNLIMITED = {
     "GATEWAY_RATE_LIMIT_KEY_PER_SECOND": "1000000",
@@ -302,26 +309,46 @@ _BODIES = {
 }
 
 
+def _rest_figure(
+    front: Rest,
+    label: str,
+    url: str,
+    body: Mapping[str, object] | None,
+    total: int,
+    concurrency: int,
+    measure: Measure,
+) -> Figure:
+    """One operation, warmed up first: a POST of `body`, or a GET without one."""
+    args = ["-c", str(concurrency), *(a for h in front.headers for a in ("-H", h))]
+    if body is not None:
+        args += ["-m", "POST", "-T", "application/json", "-d", json.dumps(body)]
+    args.append(url)
+    _hey(["-n", str(max(200, total // 20)), *args])
+    return measure.figure(f"{front.label} {label}", lambda: _hey(["-n", str(total), *args]))
+
+
 def rest_figures(
     front: Rest, what: str, total: int, concurrency: int, measure: Measure
 ) -> list[Figure]:
+    """Creating a contact or a deal, then getting one."""
     path, body = _BODIES[what]
-    common = ["-c", str(concurrency), *(a for h in front.headers for a in ("-H", h))]
-    create = ["-m", "POST", "-T", "application/json", "-d", json.dumps(body), f"{front.url}{path}"]
-    warm = max(200, total // 20)
-    _hey(["-n", str(warm), *common, *create])
-    figures = [
-        measure.figure(
-            f"{front.label} create {what}", lambda: _hey(["-n", str(total), *common, *create])
-        )
-    ]
+    url = f"{front.url}{path}"
+    created = _rest_figure(front, f"create {what}", url, body, total, concurrency, measure)
     one = _post(front, path, {**body, "name" if what == "deal" else "first_name": "Target"})
-    get = [*common, f"{front.url}{path}/{one}"]
-    _hey(["-n", str(warm), *get])
-    figures.append(
-        measure.figure(f"{front.label} get {what}", lambda: _hey(["-n", str(total), *get]))
-    )
-    return figures
+    got = _rest_figure(front, f"get {what}", f"{url}/{one}", None, total, concurrency, measure)
+    return [created, got]
+
+
+def ticket_figures(front: Rest, total: int, concurrency: int, measure: Measure) -> list[Figure]:
+    """Opening a ticket (support checks its contact with the contacts service), then replying
+    on one ticket."""
+    ticket = {"subject": "Bench", "contact_id": _post(front, "/v1/contacts", {"first_name": "A"})}
+    url = f"{front.url}/v1/tickets"
+    opened = _rest_figure(front, "create ticket", url, ticket, total, concurrency, measure)
+    comments = f"{url}/{_post(front, '/v1/tickets', ticket)}/comments"
+    reply = {"body": "Bench reply"}
+    replied = _rest_figure(front, "add comment", comments, reply, total, concurrency, measure)
+    return [opened, replied]
 
 
 def alone(front: Rest, total: int, measure: Measure) -> Figure:
@@ -580,8 +607,8 @@ def profiled(procs: ServiceProcesses, names: list[str], label: str, on: bool) ->
 
 # --- the report ---------------------------------------------------------------------------------
 
-_PROCESSES = ("gateway", "envoy", "contacts", "sales", "postgres")
-PARTS = ["floor", "grpc", "contact", "deal", "alone"]
+_PROCESSES = ("gateway", "envoy", "contacts", "sales", "support", "postgres")
+PARTS = ["floor", "grpc", "contact", "deal", "ticket", "alone"]
 
 
 def _table(figures: list[Figure]) -> str:
@@ -602,7 +629,14 @@ def ratios(figures: list[Figure]) -> dict[str, float]:
     """Gateway against Envoy (throughput, CPU, p99) and against its floors, per operation."""
     by = {f.name: f for f in figures}
     out: dict[str, float] = {}
-    for op in ("create contact", "get contact", "create deal", "get deal"):
+    for op in (
+        "create contact",
+        "get contact",
+        "create deal",
+        "get deal",
+        "create ticket",
+        "add comment",
+    ):
         gw, ev = by.get(f"gateway {op}"), by.get(f"Envoy {op}")
         if gw is None or ev is None:
             continue
@@ -675,6 +709,12 @@ def main() -> None:
                     with profiled(procs, ["gateway", "contacts", "sales"], what, args.profile):
                         figures += rest_figures(gateway, what, n, c, measure)
                     figures += rest_figures(envoy_front(), what, n, c, measure)
+                if "ticket" in parts:
+                    with profiled(
+                        procs, ["gateway", "support", "contacts"], "ticket", args.profile
+                    ):
+                        figures += ticket_figures(gateway, n, c, measure)
+                    figures += ticket_figures(envoy_front(), n, c, measure)
                 if "alone" in parts:
                     figures.append(alone(gateway, args.alone, measure))
                     figures.append(alone(envoy_front(), args.alone, measure))
