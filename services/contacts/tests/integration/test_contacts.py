@@ -195,7 +195,9 @@ async def test_a_stale_etag_fails_the_precondition(service: Running, tenant: Ten
     )
     for err in (stale_update, stale_delete):
         assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "etag" in (err.details() or "")
+        # A gRPC caller sends the etag in the request, not in an HTTP header.
+        assert "the given etag" in (err.details() or "")
+        assert "If-Match" not in (err.details() or "")
     got = await stub.GetContact(contacts_pb2.GetContactRequest(id=created.id), metadata=tenant.md())
     assert got == current
     assert len(await service.outbox_types(tenant.id)) == 2  # created, updated: nothing stale
