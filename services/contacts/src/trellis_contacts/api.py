@@ -17,7 +17,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import db, paging
+from crmkit import db, paging, updates
 from crmkit.context import caller
 from crmkit.errors import invalid_field
 from crmkit.ids import canonical_uuid
@@ -26,14 +26,17 @@ from trellis_contacts.domain import CompanyFields, ContactFields
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-_CONTACT_PATHS = domain.writable_paths(ContactFields)
-_COMPANY_PATHS = domain.writable_paths(CompanyFields)
+_CONTACT_PATHS = updates.writable_paths(ContactFields)
+_COMPANY_PATHS = updates.writable_paths(CompanyFields)
 
 
 def _mask(update_mask: Sequence[str], record: Message, writable: frozenset[str]) -> list[str]:
-    # An empty mask means "every field set in the message" (proto3: every non-default field).
-    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    return domain.resolve_mask(paths, writable)
+    return updates.resolve_mask(
+        updates.requested_paths(update_mask, record),
+        writable,
+        domain.OUTPUT_ONLY,
+        domain.MAP_FIELDS,
+    )
 
 
 def _time_filter(request: Message, field: str, path: str = "") -> datetime | None:
@@ -79,7 +82,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     ) -> contacts_pb2.Contact:
         paths = _mask(request.update_mask, request.contact, _CONTACT_PATHS)
         draft = mapping.contact_draft(request.contact)
-        draft = domain.normalize_contact(draft, domain.top_level(paths))
+        draft = domain.normalize_contact(draft, updates.top_level(paths))
         contact = await store.update_contact(
             self._pool, caller(), request.id, draft, paths, request.etag
         )
@@ -135,7 +138,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     ) -> contacts_pb2.Company:
         paths = _mask(request.update_mask, request.company, _COMPANY_PATHS)
         draft = mapping.company_draft(request.company)
-        draft = domain.normalize_company(draft, domain.top_level(paths))
+        draft = domain.normalize_company(draft, updates.top_level(paths))
         company = await store.update_company(
             self._pool, caller(), request.id, draft, paths, request.etag
         )

@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from dataclasses import fields as dataclass_fields
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -462,77 +461,5 @@ def new_consent(
 # --- updates ----------------------------------------------------------------------------------
 
 OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
-CUSTOM = "custom_fields"
-
-
-def writable_paths(kind: type[Fields]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclass_fields(kind))
-
-
-def resolve_mask(paths: Iterable[str], writable: frozenset[str]) -> list[str]:
-    """The paths an update writes: field names or "custom_fields.<name>" for one custom field.
-
-    Output-only fields are dropped rather than refused (AIP-203), so a client may send back a
-    record it read. Anything else unknown is an error naming update_mask.
-    """
-    kept: list[str] = []
-    out: list[Violation] = []
-    for path in paths:
-        top, dot, key = path.partition(".")
-        if path in OUTPUT_ONLY:
-            continue
-        if (path in writable) or (top == CUSTOM and dot and key):
-            if path not in kept:
-                kept.append(path)
-        else:
-            out.append(("update_mask", f"unknown field {path!r}"))
-    if out:
-        raise Invalid(out)
-    return kept
-
-
-def top_level(paths: Iterable[str]) -> set[str]:
-    return {p.partition(".")[0] for p in paths}
-
-
-def merge(current: F, draft: F, paths: Iterable[str]) -> F:
-    """`current` with the masked fields taken from `draft`.
-
-    "custom_fields" replaces the whole map; "custom_fields.<name>" sets that one field from
-    the draft, or removes it when the draft does not carry it.
-    """
-    paths = list(paths)
-    changes: dict[str, Any] = {}
-    custom = dict(current.custom_fields)
-    if CUSTOM in paths:
-        custom = dict(draft.custom_fields)
-    for path in paths:
-        top, _, key = path.partition(".")
-        if key:
-            if key in draft.custom_fields:
-                custom[key] = draft.custom_fields[key]
-            else:
-                custom.pop(key, None)
-        elif top != CUSTOM:
-            changes[top] = getattr(draft, top)
-    return replace(current, **changes, custom_fields=custom)
-
-
-def _same(a: object, b: object) -> bool:
-    return type(a) is type(b) and a == b  # 1.0 == True in Python; not for a record
-
-
-def changed_fields(old: F, new: F) -> list[str]:
-    """The fields whose values differ, one "custom_fields.<name>" per changed custom field."""
-    changed: list[str] = []
-    for f in dataclass_fields(old):
-        if f.name == CUSTOM:
-            names = sorted(set(old.custom_fields) | set(new.custom_fields))
-            changed += [
-                f"{CUSTOM}.{n}"
-                for n in names
-                if not _same(old.custom_fields.get(n), new.custom_fields.get(n))
-            ]
-        elif getattr(old, f.name) != getattr(new, f.name):
-            changed.append(f.name)
-    return changed
+# A mask may name one custom field alone: "custom_fields.<name>".
+MAP_FIELDS = frozenset({"custom_fields"})

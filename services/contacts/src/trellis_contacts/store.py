@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from crm.common.v1 import common_pb2
 from crm.contacts.v1 import contacts_pb2, events_pb2
-from crmkit import db, outbox
+from crmkit import db, outbox, updates
 from crmkit.context import Identity
 from crmkit.errors import Duplicate, Invalid, NotFound, StaleEtag
 from crmkit.ids import canonical_uuid, new_id
@@ -339,10 +339,10 @@ async def update_contact(
         # the key-share locks of foreign keys pointing at it.
         current = await _select_contact(conn, tenant_id, known, "FOR NO KEY UPDATE")
         _check_etag("contact", current, etag)
-        merged = domain.merge(current.fields, draft, paths)
+        merged = updates.merge(current.fields, draft, paths)
         defs = await _definitions_for(conn, tenant_id, ObjectType.CONTACT, merged.custom_fields)
         fields = domain.finish_contact(merged, defs)
-        changed = domain.changed_fields(current.fields, fields)
+        changed = updates.changed_fields(current.fields, fields)
         if not changed:
             return current
         row = await _one(
@@ -494,10 +494,10 @@ async def update_company(
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_company(conn, tenant_id, known, "FOR NO KEY UPDATE")
         _check_etag("company", current, etag)
-        merged = domain.merge(current.fields, draft, paths)
+        merged = updates.merge(current.fields, draft, paths)
         defs = await _definitions_for(conn, tenant_id, ObjectType.COMPANY, merged.custom_fields)
         fields = domain.finish_company(merged, defs)
-        changed = domain.changed_fields(current.fields, fields)
+        changed = updates.changed_fields(current.fields, fields)
         if not changed:
             return current
         row = await _one(
