@@ -16,7 +16,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from crm.sales.v1 import sales_pb2, sales_pb2_grpc
-from crmkit import db, paging, text
+from crmkit import db, paging, text, updates
 from crmkit.context import caller
 from crmkit.errors import Invalid, invalid_field
 from crmkit.ids import canonical_uuid
@@ -43,11 +43,11 @@ from trellis_sales.store import Clock
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-_LEAD_PATHS = domain.writable_paths(LeadFields)
-_DEAL_PATHS = domain.writable_paths(DealFields)
-_PIPELINE_PATHS = domain.writable_paths(PipelineFields)
-_ACTIVITY_PATHS = domain.writable_paths(ActivityFields)
-_RULE_PATHS = domain.writable_paths(RuleFields)
+_LEAD_PATHS = updates.writable_paths(LeadFields)
+_DEAL_PATHS = updates.writable_paths(DealFields)
+_PIPELINE_PATHS = updates.writable_paths(PipelineFields)
+_ACTIVITY_PATHS = updates.writable_paths(ActivityFields)
+_RULE_PATHS = updates.writable_paths(RuleFields)
 _LEAD_READ_ONLY = frozenset(
     {"score", "score_factors", "score_time", "contact", "converted_deal_id", "convert_time"}
 )
@@ -59,11 +59,16 @@ def _mask(
     update_mask: Sequence[str],
     record: Message,
     writable: frozenset[str],
-    ignored: frozenset[str] = frozenset(),
+    read_only: frozenset[str] = frozenset(),
 ) -> list[str]:
-    # An empty mask means "every field set in the message" (proto3: every non-default field).
-    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    return domain.resolve_mask(paths, writable, ignored)
+    """The paths an update writes; the record's read-only fields are dropped, as output-only
+    ones are (AIP-203), so a client may send back a record it read."""
+    return updates.resolve_mask(
+        updates.requested_paths(update_mask, record),
+        writable,
+        domain.OUTPUT_ONLY | read_only,
+        domain.MAP_FIELDS & writable,
+    )
 
 
 def _id_key(token: str, filters: dict[str, object]) -> str | None:
@@ -112,7 +117,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.UpdateLeadRequest, context: Ctx
     ) -> sales_pb2.Lead:
         paths = _mask(request.update_mask, request.lead, _LEAD_PATHS, _LEAD_READ_ONLY)
-        draft = domain.normalize_lead(mapping.lead_draft(request.lead), domain.top_level(paths))
+        draft = domain.normalize_lead(mapping.lead_draft(request.lead), updates.top_level(paths))
         lead = await leads.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
         )
@@ -156,8 +161,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     ) -> sales_pb2.ConvertLeadResponse:
         deal_draft = None
         if request.create_deal:
-            sent = [f.name for f, _ in request.deal.ListFields()]
-            paths = domain.resolve_mask(sent, _DEAL_PATHS, _DEAL_READ_ONLY)
+            paths = _mask([], request.deal, _DEAL_PATHS, _DEAL_READ_ONLY)
             # Currency is checked even when not sent: it has no default.
             deal_draft = domain.normalize_deal(
                 mapping.deal_draft(request.deal), {*paths, "currency"}
@@ -241,7 +245,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     ) -> sales_pb2.Pipeline:
         paths = _mask(request.update_mask, request.pipeline, _PIPELINE_PATHS)
         draft = mapping.pipeline_draft(request.pipeline)
-        draft = domain.normalize_pipeline(draft, domain.top_level(paths))
+        draft = domain.normalize_pipeline(draft, updates.top_level(paths))
         pipeline = await pipelines.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
         )
@@ -282,7 +286,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.UpdateDealRequest, context: Ctx
     ) -> sales_pb2.Deal:
         paths = _mask(request.update_mask, request.deal, _DEAL_PATHS, _DEAL_READ_ONLY)
-        draft = domain.normalize_deal(mapping.deal_draft(request.deal), domain.top_level(paths))
+        draft = domain.normalize_deal(mapping.deal_draft(request.deal), updates.top_level(paths))
         deal = await deals.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
         )
@@ -354,7 +358,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     ) -> sales_pb2.Activity:
         paths = _mask(request.update_mask, request.activity, _ACTIVITY_PATHS, _ACTIVITY_READ_ONLY)
         draft = mapping.activity_draft(request.activity)
-        draft = domain.normalize_activity(draft, domain.top_level(paths))
+        draft = domain.normalize_activity(draft, updates.top_level(paths))
         activity = await activities.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
         )

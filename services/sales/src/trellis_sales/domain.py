@@ -12,14 +12,13 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from dataclasses import fields as dataclass_fields
 from datetime import date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import pycountry
 
-from crmkit import text
+from crmkit import text, updates
 from crmkit.errors import Invalid
 from crmkit.ids import canonical_uuid
 
@@ -516,6 +515,8 @@ def check_parent(fields_: ActivityFields, prefix: str = "activity") -> None:
 
 OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
 CUSTOM = "custom_fields"
+# A mask may name one custom field alone: "custom_fields.<name>".
+MAP_FIELDS = frozenset({CUSTOM})
 
 
 class Fields(Protocol):
@@ -523,38 +524,6 @@ class Fields(Protocol):
 
 
 F = TypeVar("F", bound=Fields)
-
-
-def writable_paths(kind: type[Fields]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclass_fields(kind))
-
-
-def resolve_mask(
-    paths: Iterable[str], writable: frozenset[str], ignored: frozenset[str] = frozenset()
-) -> list[str]:
-    """The paths an update writes: field names, or "custom_fields.<name>" for one custom field.
-
-    Output-only fields (and `ignored`, the record's other read-only fields) are dropped rather
-    than refused (AIP-203), so a client may send back a record it read.
-    """
-    kept: list[str] = []
-    out: list[Violation] = []
-    for path in paths:
-        top, dot, key = path.partition(".")
-        if path in OUTPUT_ONLY or path in ignored:
-            continue
-        custom = top == CUSTOM and dot and key and CUSTOM in writable
-        if path in writable or custom:
-            if path not in kept:
-                kept.append(path)
-        else:
-            out.append(("update_mask", f"unknown field {path!r}"))
-    _raise(out)
-    return kept
-
-
-def top_level(paths: Iterable[str]) -> set[str]:
-    return {p.partition(".")[0] for p in paths}
 
 
 def merge(current: F, draft: F, paths: Iterable[str]) -> F:
@@ -580,16 +549,6 @@ def merge(current: F, draft: F, paths: Iterable[str]) -> F:
 
 
 def changed_fields(old: F, new: F) -> list[str]:
-    """The top-level fields whose values differ."""
-    return [
-        f.name
-        for f in dataclass_fields(old)
-        if _comparable(getattr(old, f.name)) != _comparable(getattr(new, f.name))
-    ]
-
-
-def _comparable(value: object) -> object:
-    # 1.0 == True in Python, not in a record: compare custom values with their types.
-    if isinstance(value, Mapping):
-        return sorted((k, type(v).__name__, v) for k, v in value.items())
-    return value
+    """The top-level fields whose values differ: sales' events name custom_fields whole, not
+    one entry at a time."""
+    return list(dict.fromkeys(path.partition(".")[0] for path in updates.changed_fields(old, new)))
