@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from crmkit.errors import Invalid
+
 Violation = tuple[str, str]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
@@ -29,4 +31,13 @@ def one_line(value: str, path: str, out: list[Violation]) -> str:
         out.append((path, "must not contain bidirectional override characters"))
     elif value and all(unicodedata.category(c) in _INVISIBLE for c in value):
         out.append((path, "must contain visible characters"))
+    return value
+
+
+def filter_text(value: str, path: str) -> str:
+    """A text filter of a list request, held to the rule of the text it is compared with."""
+    out: list[Violation] = []
+    value = one_line(value, path, out)
+    if out:
+        raise Invalid(out)
     return value

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crmkit.text import one_line
+from crmkit.errors import Invalid
+from crmkit.text import filter_text, one_line
 
 
 @pytest.mark.parametrize(
@@ -32,3 +33,10 @@ def test_hidden_and_deceptive_text_is_refused(raw: str, problem: str) -> None:
     out: list[tuple[str, str]] = []
     one_line(raw, "contact.first_name", out)
     assert out == [("contact.first_name", problem)]
+
+
+def test_a_filter_is_trimmed_or_invalid_naming_its_field() -> None:
+    assert filter_text("  vip ", "tag") == "vip"
+    with pytest.raises(Invalid) as exc:
+        filter_text("a\x00b", "tag")
+    assert [path for path, _ in exc.value.violations] == ["tag"]

@@ -17,7 +17,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import db, paging, updates
+from crmkit import db, paging, text, updates
 from crmkit.context import caller
 from crmkit.errors import invalid_field
 from crmkit.ids import canonical_uuid
@@ -47,16 +47,6 @@ def _time_filter(request: Message, field: str, path: str = "") -> datetime | Non
         return stamp.ToDatetime(UTC)
     except ValueError:  # seconds or nanos outside what a Timestamp may hold
         raise invalid_field(path or field, "not a valid time") from None
-
-
-def _after_id(token: str, filters: dict[str, object]) -> str | None:
-    after = paging.decode_page_token(token, filters, arity=1)
-    if after is None:
-        return None
-    after_id = canonical_uuid(str(after[0]))
-    if after_id is None:
-        raise invalid_field("page_token", "malformed page token")
-    return after_id
 
 
 class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
@@ -99,7 +89,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     ) -> contacts_pb2.ListContactsResponse:
         size = paging.page_size(request.page_size)
         stage = mapping.stage_from_proto(request.lifecycle_stage, "lifecycle_stage")
-        tag = domain.filter_text(request.tag, "tag")
+        tag = text.filter_text(request.tag, "tag")
         company_id = request.company_id.strip()
         company = canonical_uuid(company_id) if company_id else ""
         if company is None:  # ids are opaque: one that cannot exist matches nothing
@@ -109,10 +99,10 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
             company_id=company,
             updated_after=_time_filter(request, "updated_after"),
             lifecycle_stage=stage,
-            email=domain.filter_text(request.email, "email"),
+            email=text.filter_text(request.email, "email"),
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         rows = await store.list_contacts(self._pool, caller().tenant_id, filters, after, size + 1)
         page, token = paging.next_page(
             [mapping.contact_to_proto(c) for c in rows], size, lambda c: [c.id], fingerprint
@@ -156,7 +146,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         size = paging.page_size(request.page_size)
         updated_after = _time_filter(request, "updated_after")
         fingerprint: dict[str, object] = {"updated_after": updated_after}
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         rows = await store.list_companies(
             self._pool, caller().tenant_id, updated_after, after, size + 1
         )

@@ -160,15 +160,6 @@ def _phones(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str
     return tuple(result)
 
 
-def filter_text(value: str, path: str) -> str:
-    """A text filter of a list request, held to the rules of the text it is compared with."""
-    out: list[Violation] = []
-    value = text.one_line(value, path, out)
-    if out:
-        raise Invalid(out)
-    return value
-
-
 def _tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
     result: list[str] = []
     for i, raw in enumerate(values):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from crmkit import updates
+from crmkit import text, updates
 from crmkit.errors import Invalid
 from trellis_contacts import domain
 from trellis_contacts.domain import (
@@ -116,7 +116,7 @@ def test_text_fields_refuse_control_characters(bad: str) -> None:
         "contact.tags[0]",
     ]
     with pytest.raises(Invalid) as exc:
-        domain.filter_text(bad, "tag")
+        text.filter_text(bad, "tag")
     assert fields_of(exc) == ["tag"]
 
 

@@ -61,16 +61,6 @@ def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
     return found
 
 
-def _after_id(token: str, filters: dict[str, object]) -> str | None:
-    after = paging.decode_page_token(token, filters, arity=1)
-    if after is None:
-        return None
-    after_id = canonical_uuid(str(after[0]))
-    if after_id is None:
-        raise invalid_field("page_token", "malformed page token")
-    return after_id
-
-
 class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     def __init__(
         self,
@@ -113,7 +103,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListWebhooksResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await store.list_webhooks(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.webhook_to_proto(w) for w in rows], size, lambda w: [w.id], filters
@@ -192,7 +182,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         size = paging.page_size(request.page_size)
         status = mapping.status_from_proto(request.status, "status")
         filters: dict[str, object] = {"webhook_id": request.webhook_id, "status": status}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await store.list_deliveries(
             self._pool, caller().tenant_id, request.webhook_id, status, after, size + 1
         )
@@ -281,7 +271,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListTemplatesResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await mail_store.list_templates(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.template_to_proto(t) for t in rows], size, lambda t: [t.id], filters
@@ -377,7 +367,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         status = mapping.email_status_from_proto(request.status, "status")
         origin = request.origin.strip()
         filters: dict[str, object] = {"origin": origin, "status": status}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await mail_store.list_emails(
             self._pool, caller().tenant_id, origin, status, after, size + 1
         )
@@ -405,7 +395,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListRulesResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await rule_store.list_rules(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.rule_to_proto(r) for r in rows], size, lambda r: [r.id], filters
@@ -462,7 +452,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListCampaignsResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await campaigns.list_campaigns(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.campaign_to_proto(c) for c in rows], size, lambda c: [c.id], filters
@@ -492,7 +482,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListCampaignRecipientsResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {"campaign_id": request.campaign_id}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await campaigns.recipients(
             self._pool, caller().tenant_id, request.campaign_id, after, size + 1
         )

@@ -71,28 +71,10 @@ def _mask(
     )
 
 
-def _id_key(token: str, filters: dict[str, object]) -> str | None:
-    after = paging.decode_page_token(token, filters, arity=1)
-    if after is None:
-        return None
-    found = canonical_uuid(str(after[0]))
-    if found is None:
-        raise invalid_field("page_token", "malformed page token")
-    return found
-
-
 def _filter_id(value: str) -> str | None:
     """A list filter by id: "" for none, None when it cannot be an id (matches nothing)."""
     value = value.strip()
     return (canonical_uuid(value) or None) if value else ""
-
-
-def _text_filter(value: str, path: str) -> str:
-    out: list[Violation] = []
-    value = text.one_line(value, path, out)
-    if out:
-        raise Invalid(out)
-    return value
 
 
 class SalesApi(sales_pb2_grpc.SalesServiceServicer):
@@ -138,8 +120,8 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
             return sales_pb2.ListLeadsResponse()
         filters = leads.LeadFilter(
             status=mapping.lead_status(request.status, "status"),
-            owner_id=_text_filter(request.owner_id, "owner_id"),
-            tag=_text_filter(request.tag, "tag"),
+            owner_id=text.filter_text(request.owner_id, "owner_id"),
+            tag=text.filter_text(request.tag, "tag"),
             contact_id=contact,
         )
         fingerprint = dataclasses.asdict(filters)
@@ -218,7 +200,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListScoringRulesRequest, context: Ctx
     ) -> sales_pb2.ListScoringRulesResponse:
         size = paging.page_size(request.page_size)
-        after = _id_key(request.page_token, {})
+        after = paging.after_id(request.page_token, {})
         rows = await rules.list_page(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.rule_to_proto(r) for r in rows], size, lambda r: [r.id], {}
@@ -261,7 +243,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListPipelinesRequest, context: Ctx
     ) -> sales_pb2.ListPipelinesResponse:
         size = paging.page_size(request.page_size)
-        after = _id_key(request.page_token, {})
+        after = paging.after_id(request.page_token, {})
         rows = await pipelines.list_page(
             self._pool, caller().tenant_id, after, size + 1, self._clock()
         )
@@ -309,11 +291,11 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         filters = deals.DealFilter(
             pipeline_id=pipeline_id,
             stage_id=stage_id,
-            owner_id=_text_filter(request.owner_id, "owner_id"),
+            owner_id=text.filter_text(request.owner_id, "owner_id"),
             contact_id=contact_id,
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _id_key(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         rows = await deals.list_page(self._pool, caller().tenant_id, filters, after, size + 1)
         page, token = paging.next_page(
             [mapping.deal_to_proto(d) for d in rows], size, lambda d: [d.id], fingerprint
@@ -380,12 +362,12 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         filters = activities.ActivityFilter(
             lead_id=lead_id,
             deal_id=deal_id,
-            owner_id=_text_filter(request.owner_id, "owner_id"),
+            owner_id=text.filter_text(request.owner_id, "owner_id"),
             kind=mapping.activity_kind(request.kind, "kind"),
             done=request.done if request.HasField("done") else None,
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _id_key(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         rows = await activities.list_page(self._pool, caller().tenant_id, filters, after, size + 1)
         page, token = paging.next_page(
             [mapping.activity_to_proto(a) for a in rows], size, lambda a: [a.id], fingerprint
@@ -413,7 +395,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
             period,
             start,
             end,
-            _text_filter(request.owner_id, "owner_id"),
+            text.filter_text(request.owner_id, "owner_id"),
             pipeline_id,
         )
 
@@ -452,6 +434,6 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
             caller().tenant_id,
             start,
             end,
-            _text_filter(request.owner_id, "owner_id"),
+            text.filter_text(request.owner_id, "owner_id"),
             pipeline_id,
         )

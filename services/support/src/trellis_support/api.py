@@ -48,14 +48,6 @@ DEFAULT_SUGGESTIONS = 5
 MAX_REPORT_RANGE = timedelta(days=400)
 
 
-def _filter_text(value: str, path: str) -> str:
-    out: list[tuple[str, str]] = []
-    value = text.one_line(value, path, out)
-    if out:
-        raise Invalid(out)
-    return value
-
-
 def _time(request: Message, field: str) -> datetime:
     if not request.HasField(field):
         raise invalid_field(field, "required")
@@ -64,16 +56,6 @@ def _time(request: Message, field: str) -> datetime:
         return stamp.ToDatetime(UTC)
     except ValueError:  # seconds or nanos outside what a Timestamp may hold
         raise invalid_field(field, "not a valid time") from None
-
-
-def _after_id(token: str, filters: dict[str, object]) -> str | None:
-    after = paging.decode_page_token(token, filters, arity=1)
-    if after is None:
-        return None
-    after_id = canonical_uuid(str(after[0]))
-    if after_id is None:
-        raise invalid_field("page_token", "malformed page token")
-    return after_id
 
 
 def _after_pair(token: str, filters: dict[str, object]) -> tuple[int, str] | None:
@@ -174,13 +156,13 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         filters = ticket_store.TicketFilter(
             status=mapping.STATUS.from_proto(request.status, "status"),
             priority=mapping.PRIORITY.from_proto(request.priority, "priority"),
-            assignee_id=_filter_text(request.assignee_id, "assignee_id"),
-            team=_filter_text(request.team, "team"),
+            assignee_id=text.filter_text(request.assignee_id, "assignee_id"),
+            team=text.filter_text(request.team, "team"),
             contact_id=contact,
-            tag=_filter_text(request.tag, "tag"),
+            tag=text.filter_text(request.tag, "tag"),
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         views = await ticket_store.page(self._pool, caller().tenant_id, filters, after, size + 1)
         now = self._clock()
         tickets, token = paging.next_page(
@@ -242,7 +224,7 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
     ) -> pb.ListCommentsResponse:
         size = paging.page_size(request.page_size)
         fingerprint: dict[str, object] = {"ticket_id": request.ticket_id}
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         found = await ticket_store.comments_page(
             self._pool, caller().tenant_id, request.ticket_id, after, size + 1
         )
@@ -346,11 +328,11 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         filters = kb_store.ArticleFilter(
             status=status,
             locale=kb.locale_filter(request.locale, "locale"),
-            tag=_filter_text(request.tag, "tag"),
+            tag=text.filter_text(request.tag, "tag"),
             published_only=not agent,
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         found = await kb_store.page(self._pool, caller().tenant_id, filters, after, size + 1)
         items, token = paging.next_page(
             [mapping.article_to_proto(a) for a in found], size, lambda a: [a.id], fingerprint
@@ -361,7 +343,7 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         self, request: pb.SearchArticlesRequest, context: Ctx
     ) -> pb.SearchArticlesResponse:
         size = paging.page_size(request.page_size)
-        query = _filter_text(request.query, "query")
+        query = text.filter_text(request.query, "query")
         if not query:
             raise invalid_field("query", "must not be empty")
         locale = kb.locale_filter(request.locale, "locale")
