@@ -21,3 +21,16 @@ def canonical_uuid(value: str) -> str | None:
 
 def is_uuid(value: str) -> bool:
     return canonical_uuid(value) is not None
+
+
+def reference(value: str, path: str, out: list[tuple[str, str]], what: str) -> str:
+    """A link to a record by id: canonical, or "" for none; what cannot be an id is named as
+    no such `what` (ids are opaque: a malformed one is a record that does not exist)."""
+    value = value.strip()
+    if not value:
+        return ""
+    ref = canonical_uuid(value)
+    if ref is None:
+        out.append((path, f"no such {what}"))
+        return value
+    return ref

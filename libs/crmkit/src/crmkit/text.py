@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
 from crmkit.errors import Invalid
 
@@ -32,6 +33,26 @@ def one_line(value: str, path: str, out: list[Violation]) -> str:
     elif value and all(unicodedata.category(c) in _INVISIBLE for c in value):
         out.append((path, "must contain visible characters"))
     return value
+
+
+def required(value: str, path: str, out: list[Violation]) -> str:
+    """As one_line, and not empty."""
+    value = one_line(value, path, out)
+    if not value:
+        out.append((path, "must not be empty"))
+    return value
+
+
+def tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
+    """Trimmed, one-line, non-empty tags; a repeated tag is harmless and kept once."""
+    result: list[str] = []
+    for i, raw in enumerate(values):
+        tag = one_line(raw, f"{path}[{i}]", out)
+        if not tag:
+            out.append((f"{path}[{i}]", "must not be empty"))
+        elif tag not in result:
+            result.append(tag)
+    return tuple(result)
 
 
 def filter_text(value: str, path: str) -> str:

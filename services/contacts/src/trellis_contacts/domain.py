@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from crmkit import text
 from crmkit.errors import Invalid
-from crmkit.ids import canonical_uuid
+from crmkit.ids import reference
 
 Violation = tuple[str, str]
 
@@ -160,35 +160,6 @@ def _phones(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str
     return tuple(result)
 
 
-def _tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
-    result: list[str] = []
-    for i, raw in enumerate(values):
-        tag = text.one_line(raw, f"{path}[{i}]", out)
-        if not tag:
-            out.append((f"{path}[{i}]", "must not be empty"))
-        elif tag not in result:  # a repeated tag is harmless: keep the first
-            result.append(tag)
-    return tuple(result)
-
-
-def _company_ref(value: str, path: str, out: list[Violation]) -> str:
-    value = value.strip()
-    if not value:
-        return ""
-    ref = canonical_uuid(value)
-    if ref is None:
-        out.append((path, "no such company"))
-        return value
-    return ref
-
-
-def _required(value: str, path: str, out: list[Violation]) -> str:
-    value = text.one_line(value, path, out)
-    if not value:
-        out.append((path, "must not be empty"))
-    return value
-
-
 def _web_domain(value: str, path: str, out: list[Violation]) -> str:
     value = value.strip().lower()
     if value and not _DOMAIN.fullmatch(value):
@@ -222,9 +193,9 @@ def normalize_contact(
             case "phones":
                 changes[name] = _phones(value, path, out)
             case "tags":
-                changes[name] = _tags(value, path, out)
+                changes[name] = text.tags(value, path, out)
             case "company_id":
-                changes[name] = _company_ref(value, path, out)
+                changes[name] = reference(value, path, out, "company")
     if out:
         raise Invalid(out)
     return replace(draft, **changes)
@@ -240,7 +211,7 @@ def normalize_company(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "name":
-                changes[name] = _required(value, path, out)
+                changes[name] = text.required(value, path, out)
             case "industry":
                 changes[name] = text.one_line(value, path, out)
             case "domain":

@@ -20,7 +20,7 @@ import pycountry
 
 from crmkit import text, updates
 from crmkit.errors import Invalid
-from crmkit.ids import canonical_uuid
+from crmkit.ids import reference
 
 if TYPE_CHECKING:
     from trellis_sales.scoring import Score
@@ -222,36 +222,6 @@ def _phone(value: str, path: str, out: list[Violation]) -> str:
     return phone
 
 
-def _required(value: str, path: str, out: list[Violation]) -> str:
-    value = text.one_line(value, path, out)
-    if not value:
-        out.append((path, "must not be empty"))
-    return value
-
-
-def _tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
-    result: list[str] = []
-    for i, raw in enumerate(values):
-        tag = text.one_line(raw, f"{path}[{i}]", out)
-        if not tag:
-            out.append((f"{path}[{i}]", "must not be empty"))
-        elif tag not in result:  # a repeated tag is harmless: keep the first
-            result.append(tag)
-    return tuple(result)
-
-
-def reference(value: str, path: str, out: list[Violation], what: str) -> str:
-    """A link to a record by id: canonical, or "" for none; what cannot be an id is named."""
-    value = value.strip()
-    if not value:
-        return ""
-    ref = canonical_uuid(value)
-    if ref is None:
-        out.append((path, f"no such {what}"))
-        return value
-    return ref
-
-
 def _custom_value(value: object) -> str | None:
     """What is wrong with a custom value, or None: strings, finite numbers and booleans."""
     if isinstance(value, str):
@@ -329,7 +299,7 @@ def normalize_lead(draft: LeadFields, paths: Iterable[str], prefix: str = "lead"
             case "phone":
                 changes[name] = _phone(value, path, out)
             case "tags":
-                changes[name] = _tags(value, path, out)
+                changes[name] = text.tags(value, path, out)
             case "contact_id":
                 changes[name] = reference(value, path, out, "contact")
             case "status":
@@ -384,7 +354,7 @@ def normalize_pipeline(
         path = f"{prefix}.{name}"
         match name:
             case "name":
-                changes[name] = _required(draft.name, path, out)
+                changes[name] = text.required(draft.name, path, out)
             case "stages":
                 changes[name] = _stages(draft.stages, path, out)
     _raise(out)
@@ -397,7 +367,7 @@ def _stages(stages: Sequence[Stage], path: str, out: list[Violation]) -> tuple[S
     ids: dict[str, int] = {}
     for i, stage in enumerate(stages):
         where = f"{path}[{i}]"
-        name = _required(stage.name, f"{where}.name", out)
+        name = text.required(stage.name, f"{where}.name", out)
         if name and (first := names.setdefault(name.lower(), i)) != i:
             out.append((f"{where}.name", f"the same name as {path}[{first}]"))
         stage_id = reference(stage.id, f"{where}.id", out, "stage")
@@ -429,7 +399,7 @@ def normalize_deal(draft: DealFields, paths: Iterable[str], prefix: str = "deal"
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "name":
-                changes[name] = _required(value, path, out)
+                changes[name] = text.required(value, path, out)
             case "owner_id":
                 changes[name] = text.one_line(value, path, out)
             case "currency":
@@ -490,7 +460,7 @@ def normalize_activity(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "subject":
-                changes[name] = _required(value, path, out)
+                changes[name] = text.required(value, path, out)
             case "body":
                 changes[name] = multiline(value, path, out)
             case "owner_id":

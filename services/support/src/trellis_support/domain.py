@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -16,7 +16,7 @@ from typing import Any
 
 from crmkit import text
 from crmkit.errors import Invalid, Violation
-from crmkit.ids import canonical_uuid
+from crmkit.ids import canonical_uuid, reference
 from trellis_support.sla import (
     AppliedPolicy,
     ClockFacts,
@@ -173,42 +173,12 @@ _CUSTOM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _LINE_BREAKS = re.compile(r"[\t\n\r]")
 
 
-def _required(value: str, path: str, out: list[Violation]) -> str:
-    value = text.one_line(value, path, out)
-    if not value:
-        out.append((path, "must not be empty"))
-    return value
-
-
 def long_text(value: str, path: str, out: list[Violation]) -> str:
     """Multi-line text (descriptions, comment bodies): held to the one-line rule, except that
     line breaks and tabs are fine."""
     value = value.strip()
     text.one_line(_LINE_BREAKS.sub(" ", value), path, out)
     return value
-
-
-def _reference(value: str, path: str, what: str, out: list[Violation]) -> str:
-    value = value.strip()
-    if not value:
-        return ""
-    ref = canonical_uuid(value)
-    if ref is None:
-        out.append((path, f"no such {what}"))
-        return value
-    return ref
-
-
-def tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
-    """Trimmed, one-line, non-empty tags; a repeated tag is kept once."""
-    result: list[str] = []
-    for i, raw in enumerate(values):
-        tag = text.one_line(raw, f"{path}[{i}]", out)
-        if not tag:
-            out.append((f"{path}[{i}]", "must not be empty"))
-        elif tag not in result:
-            result.append(tag)
-    return tuple(result)
 
 
 def _custom_value(value: object) -> str | None:
@@ -256,19 +226,19 @@ def normalize_ticket(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "subject":
-                changes[name] = _required(value, path, out)
+                changes[name] = text.required(value, path, out)
             case "description":
                 changes[name] = long_text(value, path, out)
             case "contact_id":
-                changes[name] = _reference(value, path, "contact", out)
+                changes[name] = reference(value, path, out, "contact")
                 if not changes[name]:
                     out.append((path, "must not be empty"))
             case "company_id":
-                changes[name] = _reference(value, path, "company", out)
+                changes[name] = reference(value, path, out, "company")
             case "assignee_id" | "team":
                 changes[name] = text.one_line(value, path, out)
             case "tags":
-                changes[name] = tags(value, path, out)
+                changes[name] = text.tags(value, path, out)
             case "custom_fields":
                 changes[name] = _custom_fields(value, path, out)
             case "priority" | "channel" if update and value is None:

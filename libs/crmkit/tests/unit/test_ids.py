@@ -1,0 +1,15 @@
+"""Ids and links to records by id."""
+
+from __future__ import annotations
+
+from crmkit.ids import new_id, reference
+
+
+def test_a_reference_is_canonical_empty_or_no_such_record() -> None:
+    out: list[tuple[str, str]] = []
+    known = new_id()
+    assert reference(f" {known.upper()} ", "deal.contact_id", out, "contact") == known
+    assert reference("  ", "deal.contact_id", out, "contact") == ""
+    assert out == []
+    assert reference("nope", "deal.contact_id", out, "contact") == "nope"
+    assert out == [("deal.contact_id", "no such contact")]
