@@ -13,6 +13,7 @@ from aiohttp import web
 
 from crm.notify.v1 import notify_pb2
 from crmkit.ids import new_id
+from trellis_devstack.testing import failure
 
 from .support import (
     Receiver,
@@ -22,7 +23,6 @@ from .support import (
     create_webhook,
     deliveries,
     eventually,
-    failure,
     publish,
 )
 

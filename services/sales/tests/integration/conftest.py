@@ -18,12 +18,13 @@ from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2_grpc
 from crm.sales.v1 import sales_pb2_grpc
-from crmkit import auth, bus, migrations
+from crmkit import bus, migrations
 from crmkit.config import ServiceSettings
 from crmkit.service import ServiceDefinition, serve
 from trellis_contacts.app import DEFINITION as CONTACTS
 from trellis_contacts.config import ContactsSettings
-from trellis_devstack.infra import Nats, Postgres, free_port
+from trellis_devstack import testing
+from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.probes import wait_for_health
 from trellis_sales.app import definition
 from trellis_sales.config import SalesSettings
@@ -35,18 +36,7 @@ def _settings(
     cls: type[ServiceSettings], app_url: str, nats_url: str, **extra: object
 ) -> ServiceSettings:
     return cls.model_validate(
-        {
-            "database_url": app_url,
-            "bind_host": "127.0.0.1",
-            "grpc_port": free_port(),
-            "metrics_port": 0,
-            "db_pool_min": 1,
-            "db_pool_max": 10,
-            "shutdown_grace_seconds": 2,
-            "NATS_URL": nats_url,
-            "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
-            **extra,
-        }
+        {**testing.service_settings(nats_url, KEY), "database_url": app_url, **extra}
     )
 
 

@@ -21,11 +21,10 @@ from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crm.support.v1 import support_pb2 as pb
 from crm.support.v1 import support_pb2_grpc
 from crmkit import auth
-from crmkit.context import Identity
 from crmkit.errors import violations_of
 from crmkit.service import serve
 from trellis_contacts.config import ContactsSettings
-from trellis_devstack.infra import free_port
+from trellis_devstack import testing
 from trellis_devstack.probes import wait_for_health
 from trellis_support.app import definition
 from trellis_support.config import SupportSettings
@@ -66,20 +65,7 @@ class FakeClock:
 
 
 def token(tenant_id: str, scopes: Iterable[str] = AGENT, principal: str = "key-1") -> str:
-    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), KEY, ttl_seconds=120)
-
-
-def common_settings(nats_url: str) -> dict[str, Any]:
-    return {
-        "bind_host": "127.0.0.1",
-        "grpc_port": free_port(),
-        "metrics_port": 0,
-        "db_pool_min": 1,
-        "db_pool_max": 10,
-        "shutdown_grace_seconds": 2,
-        "NATS_URL": nats_url,
-        "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
-    }
+    return testing.mint(KEY, tenant_id, scopes, principal)
 
 
 @dataclass
@@ -119,7 +105,7 @@ async def hosted(
 def support_settings(app_url: str, nats_url: str, contacts: str, **extra: Any) -> SupportSettings:
     return SupportSettings.model_validate(
         {
-            **common_settings(nats_url),
+            **testing.service_settings(nats_url, KEY),
             "database_url": app_url,
             "contacts_addr": contacts,
             "sla_check_interval_seconds": 0.02,
@@ -138,7 +124,9 @@ def start_support(
 
 
 def contacts_settings(app_url: str, nats_url: str) -> ContactsSettings:
-    return ContactsSettings.model_validate({**common_settings(nats_url), "database_url": app_url})
+    return ContactsSettings.model_validate(
+        {**testing.service_settings(nats_url, KEY), "database_url": app_url}
+    )
 
 
 @dataclass
@@ -192,15 +180,6 @@ class Tenant:
 
     def md(self, *scopes: str, principal: str = "key-1") -> tuple[tuple[str, str], ...]:
         return ((auth.METADATA_KEY, token(self.id, scopes or self.scopes, principal)),)
-
-
-async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    """The error a call fails with (and a test failure if it succeeds)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    raise AssertionError("the call succeeded")
 
 
 def field_errors(err: grpc.aio.AioRpcError) -> dict[str, str]:

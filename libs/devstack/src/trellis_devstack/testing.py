@@ -1,0 +1,68 @@
+"""What every service's integration tests share: the settings a service under test takes,
+identity tokens for its callers, the error a call fails with, and looks at its database
+behind its back."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+import grpc
+import psycopg
+
+from crmkit import auth
+from crmkit.context import Identity
+from trellis_devstack.infra import free_port
+
+
+def service_settings(nats_url: str, key: auth.SigningKey) -> dict[str, Any]:
+    """The settings every service takes in tests, before its own: a free port, a small pool,
+    a quick shutdown, and trust in tokens signed with `key`."""
+    return {
+        "bind_host": "127.0.0.1",
+        "grpc_port": free_port(),
+        "metrics_port": 0,
+        "db_pool_min": 1,
+        "db_pool_max": 10,
+        "shutdown_grace_seconds": 2,
+        # These two have platform-wide names (no service prefix).
+        "NATS_URL": nats_url,
+        "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(key.public_jwk()),
+    }
+
+
+def mint(key: auth.SigningKey, tenant_id: str, scopes: Iterable[str], principal: str) -> str:
+    """An identity token as the gateway would send it."""
+    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), key, ttl_seconds=120)
+
+
+async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error a call fails with (and a test failure if it succeeds)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded")
+
+
+async def count_rows(admin_url: str, table: str, tenant_id: str) -> int:
+    """How many rows of `table` a tenant has, as the superuser (whom RLS does not bind) sees."""
+    async with await psycopg.AsyncConnection.connect(admin_url) as conn:
+        cur = await conn.execute(
+            psycopg.sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
+                psycopg.sql.Identifier(table)
+            ),
+            (tenant_id,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def outbox_types(admin_url: str, tenant_id: str) -> list[str]:
+    """The types of a tenant's outbox events, in order."""
+    async with await psycopg.AsyncConnection.connect(admin_url) as conn:
+        cur = await conn.execute(
+            "SELECT ce_type FROM outbox WHERE tenant_id = %s ORDER BY seq", (tenant_id,)
+        )
+        return [r[0] for r in await cur.fetchall()]
