@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,9 +19,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from crmkit import auth, contract, idempotency, telemetry
+from crmkit import auth, client, contract, idempotency, telemetry
 from crmkit.context import Identity
 from crmkit.errors import ServiceError, from_rpc_error
 
@@ -68,26 +66,6 @@ def _service_error(err: grpc.aio.AioRpcError, full_method: str) -> ServiceError:
     return from_rpc_error(err)
 
 
-def _service_config(services: Iterable[ServiceDescriptor]) -> str:
-    """The channel's retry policy: a transient failure is retried only where the contract
-    says a repeat cannot do anything twice (idempotency_level); the caller retries the rest,
-    with an Idempotency-Key."""
-    retry = {
-        "maxAttempts": 3,
-        "initialBackoff": "0.05s",
-        "maxBackoff": "0.5s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    names = [
-        {"service": s.full_name, "method": m.name}
-        for s in services
-        for m in s.methods
-        if contract.retry_safe(m)
-    ]
-    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": retry}]})
-
-
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -100,8 +78,8 @@ class Backend:
 
 class Dispatcher:
     def __init__(self) -> None:
-        # OpenTelemetry's client interceptor, with a span per call, only when spans are
-        # recorded; otherwise `call` passes the trace context on itself.
+        # The backends' channels (crmkit.client.channel) make a span per call only when spans
+        # are recorded; otherwise `call` passes the trace context on itself.
         self._traced = telemetry.recording()
         self._local: dict[str, LocalHandler] = {}
         self._stubs: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
@@ -119,14 +97,7 @@ class Dispatcher:
         tokens: auth.TokenCache,
         timeout: float,
     ) -> None:
-        channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.service_config", _service_config(services)),
-                ("grpc.enable_retries", 1),
-            ],
-            interceptors=aio_client_interceptors() if self._traced else None,
-        )
+        channel = client.channel(services, address)
         backend = Backend(
             name, channel, tokens, timeout, address, tuple(s.full_name for s in services)
         )
