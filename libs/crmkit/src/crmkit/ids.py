@@ -6,6 +6,8 @@ import uuid
 
 import uuid6
 
+from crmkit.errors import NotFound
+
 
 def new_id() -> str:
     return str(uuid6.uuid7())
@@ -17,6 +19,15 @@ def canonical_uuid(value: str) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+def known_id(kind: str, value: str) -> str:
+    """The canonical id of a record to look up; one that cannot exist is simply NotFound, the
+    same answer as another tenant's id."""
+    found = canonical_uuid(value)
+    if found is None:
+        raise NotFound(kind, value)
+    return found
 
 
 def is_uuid(value: str) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from crmkit.ids import new_id, reference
+import pytest
+
+from crmkit.errors import NotFound
+from crmkit.ids import known_id, new_id, reference
 
 
 def test_a_reference_is_canonical_empty_or_no_such_record() -> None:
@@ -13,3 +16,10 @@ def test_a_reference_is_canonical_empty_or_no_such_record() -> None:
     assert out == []
     assert reference("nope", "deal.contact_id", out, "contact") == "nope"
     assert out == [("deal.contact_id", "no such contact")]
+
+
+def test_an_id_that_cannot_exist_is_not_found() -> None:
+    known = new_id()
+    assert known_id("deal", known.upper()) == known
+    with pytest.raises(NotFound):
+        known_id("deal", "nope")

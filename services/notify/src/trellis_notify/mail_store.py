@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from crmkit import db
 from crmkit.errors import NotFound, StaleEtag
-from crmkit.ids import canonical_uuid, new_id
+from crmkit.ids import known_id, new_id
 from trellis_notify import audience, templates
 from trellis_notify.templates import Content, Template, TemplateFields, Values
 from trellis_notify.unsubscribe import Links
@@ -47,13 +47,6 @@ class Email:
     origin: str
     create_time: datetime
     send_time: datetime | None
-
-
-def _known_id(kind: str, value: str) -> str:
-    found = canonical_uuid(value)
-    if found is None:
-        raise NotFound(kind, value)
-    return found
 
 
 def _template(row: dict[str, Any]) -> Template:
@@ -105,7 +98,7 @@ def _contents(fields: TemplateFields) -> Jsonb:
 async def select_template(
     conn: db.Conn, tenant_id: str, template_id: str, lock: str = ""
 ) -> Template:
-    known = _known_id("template", template_id)
+    known = known_id("template", template_id)
     cur = await conn.execute(
         sql.SQL("SELECT {columns} FROM templates WHERE tenant_id = %s AND id = %s {lock}").format(
             columns=_TEMPLATE_COLUMNS, lock=sql.SQL(lock)
@@ -279,7 +272,7 @@ async def enqueue(
 
 
 async def get_email(pool: db.Pool, tenant_id: str, email_id: str) -> Email:
-    known = _known_id("email", email_id)
+    known = known_id("email", email_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         cur = await conn.execute(
             sql.SQL("SELECT {columns} FROM emails WHERE tenant_id = %s AND id = %s").format(

@@ -22,9 +22,10 @@ from crmkit import db
 from crmkit.client import Callee
 from crmkit.context import Identity
 from crmkit.errors import FailedPrecondition, ServiceError
+from crmkit.ids import known_id
 from trellis_sales import deals, leads, mapping, metrics
 from trellis_sales.domain import Deal, DealFields, Lead, LeadStatus
-from trellis_sales.store import check_etag, event, known_id, link, metadata
+from trellis_sales.store import check_etag, event, link, metadata
 
 
 @dataclass(frozen=True)

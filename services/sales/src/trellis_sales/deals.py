@@ -21,21 +21,18 @@ from crm.sales.v1 import events_pb2, sales_pb2
 from crmkit import db
 from crmkit.context import Identity
 from crmkit.errors import Invalid, NotFound
-from crmkit.ids import new_id
+from crmkit.ids import known_id, new_id
 from trellis_sales import domain, mapping, pipelines
 from trellis_sales.domain import Deal, DealFields, ForecastCategory, Stage, StageKind
 from trellis_sales.store import (
     SUMMARY_COLUMNS,
     SUMMARY_JOIN,
-    all_rows,
     check_etag,
     deleted_event,
     event,
-    known_id,
     link,
     meta,
     metadata,
-    one,
     summary,
 )
 
@@ -102,7 +99,7 @@ def _params(f: DealFields, close_time: datetime | None) -> tuple[Any, ...]:
 
 
 async def select(conn: db.Conn, tenant_id: str, deal_id: str, lock: str = "") -> Deal:
-    row = await one(
+    row = await db.fetch_one(
         conn, f"{_SELECT} WHERE d.tenant_id = %s AND d.id = %s {lock}", (tenant_id, deal_id)
     )
     if row is None:
@@ -314,7 +311,7 @@ async def list_page(
             params[name] = value
     query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT %(limit)s"
     async with db.tenant_tx(pool, tenant_id) as conn:
-        return [_deal(r) for r in await all_rows(conn, query, params)]
+        return [_deal(r) for r in await db.fetch_all(conn, query, params)]
 
 
 async def stage_changes(
@@ -323,7 +320,7 @@ async def stage_changes(
     known = known_id("deal", deal_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         await select(conn, tenant_id, known)  # NOT_FOUND rather than an empty history
-        rows = await all_rows(
+        rows = await db.fetch_all(
             conn,
             "SELECT deal_version, from_stage_id, to_stage_id, from_pipeline_id, to_pipeline_id,"
             " actor, change_time FROM stage_changes WHERE tenant_id = %s AND deal_id = %s"
@@ -351,7 +348,7 @@ async def unlink(
     """Drop the links of the tenant's deals to a deleted contact or company, each an ordinary
     change (new version, deal.updated), so partners' copies follow."""
     assert column in ("contact_id", "company_id")
-    rows = await all_rows(
+    rows = await db.fetch_all(
         conn,
         f"UPDATE deals SET {column} = NULL, version = version + 1, etag = new_etag(),"
         f" update_time = %s WHERE tenant_id = %s AND {column} = %s RETURNING id",

@@ -15,7 +15,7 @@ from crmkit.ids import new_id
 from trellis_support.business_hours import BusinessCalendar, Window
 from trellis_support.domain import Channel, Priority
 from trellis_support.policies import Conditions, PolicyFields, SlaPolicy
-from trellis_support.rows import every, known_id, one
+from trellis_support.rows import known_id
 from trellis_support.sla import AppliedPolicy, Target
 
 _COLUMNS = (
@@ -125,7 +125,7 @@ def _params(f: PolicyFields) -> dict[str, Any]:
 
 
 async def in_matching_order(conn: db.Conn, tenant_id: str) -> list[SlaPolicy]:
-    rows = await every(
+    rows = await db.fetch_all(
         conn,
         f"SELECT {_COLUMNS} FROM sla_policies WHERE tenant_id = %s ORDER BY position, id",
         (tenant_id,),
@@ -135,7 +135,7 @@ async def in_matching_order(conn: db.Conn, tenant_id: str) -> list[SlaPolicy]:
 
 async def create(pool: db.Pool, tenant_id: str, fields: PolicyFields, now: datetime) -> SlaPolicy:
     async with db.tenant_tx(pool, tenant_id) as conn:
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"""
             INSERT INTO sla_policies (tenant_id, id, name, position, conditions, targets,
@@ -151,7 +151,7 @@ async def create(pool: db.Pool, tenant_id: str, fields: PolicyFields, now: datet
 
 
 async def _select(conn: db.Conn, tenant_id: str, policy_id: str, lock: str = "") -> SlaPolicy:
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"SELECT {_COLUMNS} FROM sla_policies WHERE tenant_id = %s AND id = %s {lock}",
         (tenant_id, policy_id),
@@ -184,7 +184,7 @@ async def update(
         merged = updates.merge(current.fields, draft, paths)
         if not updates.changed_fields(current.fields, merged):
             return current
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"""
             UPDATE sla_policies SET name = %(name)s, position = %(position)s,
@@ -220,7 +220,7 @@ async def page(
         where += " AND (position, id) > (%(position)s, %(id)s)"
         params |= {"position": after[0], "id": after[1]}
     async with db.tenant_tx(pool, tenant_id) as conn:
-        rows = await every(
+        rows = await db.fetch_all(
             conn,
             f"SELECT {_COLUMNS} FROM sla_policies WHERE {where}"
             " ORDER BY position, id LIMIT %(limit)s",

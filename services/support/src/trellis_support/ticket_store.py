@@ -36,7 +36,7 @@ from trellis_support.domain import (
     Visibility,
 )
 from trellis_support.events import upsert_contact_facts
-from trellis_support.rows import event, every, known_id, metadata, one
+from trellis_support.rows import event, known_id, metadata
 from trellis_support.sla import AppliedPolicy, ResponseRound
 from trellis_support.timers import Verdicts
 from trellis_support.workflow import DONE, Move, Status, check_transition
@@ -109,7 +109,7 @@ async def _save(conn: db.Conn, tenant_id: str, t: Ticket, now: datetime) -> Tick
     """Write the ticket's new state as its next version."""
     rnd = t.next_response
     sat = t.satisfaction
-    row = await one(
+    row = await db.fetch_one(
         conn,
         _SAVE,
         {
@@ -324,7 +324,7 @@ async def page(
         f" WHERE {' AND '.join(where)} ORDER BY t.id DESC LIMIT %(limit)s"
     )
     async with db.tenant_tx(pool, tenant_id) as conn:
-        found = [ticket_rows.ticket(r) for r in await every(conn, query, params)]
+        found = [ticket_rows.ticket(r) for r in await db.fetch_all(conn, query, params)]
         return await ticket_rows.views(conn, tenant_id, found) if found else []
 
 
@@ -393,7 +393,7 @@ async def add_comment(
         current = view.ticket
         draft = domain.normalize_comment(draft, ident.principal, current.fields.contact_id)
         changed, status = _after_comment(current, draft, now, reopen_window)
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"""
             INSERT INTO comments (tenant_id, id, ticket_id, body, visibility, author_type,
@@ -456,7 +456,7 @@ async def comments_page(
     known = known_id("ticket", ticket_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         if (
-            await one(
+            await db.fetch_one(
                 conn,
                 "SELECT 1 AS found FROM tickets WHERE tenant_id = %s AND id = %s",
                 (tenant_id, known),
@@ -469,7 +469,7 @@ async def comments_page(
         if after is not None:
             where += " AND id > %s"
             params.append(after)
-        rows = await every(
+        rows = await db.fetch_all(
             conn,
             f"SELECT {_COMMENT_COLUMNS} FROM comments WHERE {where} ORDER BY id LIMIT %s",
             (*params, limit),
