@@ -23,7 +23,7 @@ from crm.common.v1 import common_pb2
 from crm.contacts.v1 import contacts_pb2, events_pb2
 from crmkit import db, outbox, updates
 from crmkit.context import Identity
-from crmkit.errors import Duplicate, Invalid, NotFound, StaleEtag
+from crmkit.errors import Duplicate, Invalid, NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_contacts import domain, mapping
 from trellis_contacts.domain import (
@@ -175,11 +175,6 @@ async def _event(
     )
 
 
-def _check_etag(kind: str, record: Record[Any], etag: str) -> None:
-    if etag and etag != record.etag:
-        raise StaleEtag(kind)
-
-
 async def _lock_company(conn: db.Conn, tenant_id: str, company_id: str) -> None:
     """Check that a contact's company exists and keep it so until the commit.
 
@@ -321,7 +316,7 @@ async def update_contact(
         # NO KEY UPDATE: enough to serialise writers of this contact, and it does not block
         # the key-share locks of foreign keys pointing at it.
         current = await _select_contact(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        _check_etag("contact", current, etag)
+        check_etag("contact", current.etag, etag)
         merged = updates.merge(current.fields, draft, paths)
         defs = await _definitions_for(conn, tenant_id, ObjectType.CONTACT, merged.custom_fields)
         fields = domain.finish_contact(merged, defs)
@@ -353,7 +348,7 @@ async def delete_contact(pool: db.Pool, ident: Identity, record_id: str, etag: s
     known = known_id("contact", record_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_contact(conn, tenant_id, known, "FOR UPDATE")
-        _check_etag("contact", current, etag)
+        check_etag("contact", current.etag, etag)
         # contact_emails rows go with it (ON DELETE CASCADE).
         row = await db.fetch_one(
             conn,
@@ -476,7 +471,7 @@ async def update_company(
     known = known_id("company", record_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_company(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        _check_etag("company", current, etag)
+        check_etag("company", current.etag, etag)
         merged = updates.merge(current.fields, draft, paths)
         defs = await _definitions_for(conn, tenant_id, ObjectType.COMPANY, merged.custom_fields)
         fields = domain.finish_company(merged, defs)
@@ -506,7 +501,7 @@ async def delete_company(pool: db.Pool, ident: Identity, record_id: str, etag: s
         # a contact being linked to this company concurrently either commits first (and is
         # detached below) or waits and then fails its check (no such company).
         current = await _select_company(conn, tenant_id, known, "FOR UPDATE")
-        _check_etag("company", current, etag)
+        check_etag("company", current.etag, etag)
         for detached in await db.fetch_all(conn, _DETACH_CONTACTS, (tenant_id, known)):
             contact = _contact(detached)
             event = events_pb2.ContactUpdated(

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from crmkit import db
-from crmkit.errors import NotFound, StaleEtag
+from crmkit.errors import NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_notify import audience, templates
 from trellis_notify.templates import Content, Template, TemplateFields, Values
@@ -162,8 +162,7 @@ async def update_template(
 ) -> Template:
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select_template(conn, tenant_id, template_id, "FOR NO KEY UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("template")
+        check_etag("template", current.etag, etag)
         merged = TemplateFields(
             **{n: getattr(draft if n in paths else current.fields, n) for n in templates.WRITABLE}
         )
@@ -193,8 +192,7 @@ async def update_template(
 async def delete_template(pool: db.Pool, tenant_id: str, template_id: str, etag: str) -> None:
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select_template(conn, tenant_id, template_id, "FOR UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("template")
+        check_etag("template", current.etag, etag)
         await conn.execute(
             "DELETE FROM templates WHERE tenant_id = %s AND id = %s", (tenant_id, current.id)
         )

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from crmkit import db
 from crmkit.consumer import Event, Handler
-from crmkit.errors import Invalid, NotFound, StaleEtag
+from crmkit.errors import Invalid, NotFound, check_etag
 from crmkit.ids import canonical_uuid, new_id
 from trellis_notify import audience, cloudevent, mail_store, rules, store
 from trellis_notify.queue import Clock
@@ -146,8 +146,7 @@ async def update_rule(
 ) -> Rule:
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, rule_id, "FOR NO KEY UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("rule")
+        check_etag("rule", current.etag, etag)
         fields = RuleFields(
             **{n: getattr(draft if n in paths else current.fields, n) for n in rules.WRITABLE}
         )
@@ -180,8 +179,7 @@ async def update_rule(
 async def delete_rule(pool: db.Pool, tenant_id: str, rule_id: str, etag: str) -> None:
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, rule_id, "FOR UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("rule")
+        check_etag("rule", current.etag, etag)
         await conn.execute(
             "DELETE FROM rules WHERE tenant_id = %s AND id = %s", (tenant_id, current.id)
         )

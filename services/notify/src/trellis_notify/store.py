@@ -17,7 +17,7 @@ from psycopg import sql
 
 from crmkit import db
 from crmkit.consumer import Event
-from crmkit.errors import FailedPrecondition, NotFound, StaleEtag
+from crmkit.errors import FailedPrecondition, NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_notify import cloudevent, domain
 from trellis_notify.domain import Answer, Verdict, Webhook, WebhookFields
@@ -197,11 +197,6 @@ async def list_webhooks(
         return [_webhook(r) for r in rows]
 
 
-def _check_etag(webhook: Webhook, etag: str) -> None:
-    if etag and etag != webhook.etag:
-        raise StaleEtag("webhook")
-
-
 async def update_webhook(
     pool: db.Pool,
     tenant_id: str,
@@ -215,7 +210,7 @@ async def update_webhook(
     known = known_id("webhook", webhook_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_webhook(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        _check_etag(current, etag)
+        check_etag("webhook", current.etag, etag)
         fields = WebhookFields(
             **{
                 name: getattr(draft if name in paths else current.fields, name)
@@ -252,7 +247,7 @@ async def delete_webhook(pool: db.Pool, tenant_id: str, webhook_id: str, etag: s
     known = known_id("webhook", webhook_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_webhook(conn, tenant_id, known, "FOR UPDATE")
-        _check_etag(current, etag)
+        check_etag("webhook", current.etag, etag)
         # Its deliveries and their attempts go with it (ON DELETE CASCADE).
         await conn.execute(
             "DELETE FROM webhooks WHERE tenant_id = %s AND id = %s", (tenant_id, known)

@@ -9,11 +9,11 @@ from typing import Any
 
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import Invalid, NotFound
+from crmkit.errors import Invalid, NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_sales import domain
 from trellis_sales.domain import Activity, ActivityFields, ActivityKind
-from trellis_sales.store import check_etag, meta
+from trellis_sales.store import meta
 
 _FIELDS = "kind, subject, body, lead_id, deal_id, due_time, done, owner_id, done_time"
 _COLUMNS = f"id, {_FIELDS}, version, etag, create_time, update_time"
@@ -117,7 +117,7 @@ async def update(
     known = known_id("activity", activity_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("activity", current.meta, etag)
+        check_etag("activity", current.meta.etag, etag)
         fields = domain.merge(current.fields, draft, paths)
         domain.check_parent(fields)
         changed = domain.changed_fields(current.fields, fields)
@@ -144,7 +144,7 @@ async def delete(pool: db.Pool, ident: Identity, activity_id: str, etag: str) ->
     known = known_id("activity", activity_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("activity", current.meta, etag)
+        check_etag("activity", current.meta.etag, etag)
         await conn.execute(
             "DELETE FROM activities WHERE tenant_id = %s AND id = %s", (tenant_id, known)
         )

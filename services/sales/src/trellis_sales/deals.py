@@ -20,14 +20,13 @@ from psycopg.types.json import Jsonb
 from crm.sales.v1 import events_pb2, sales_pb2
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import Invalid, NotFound
+from crmkit.errors import Invalid, NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_sales import domain, mapping, pipelines
 from trellis_sales.domain import Deal, DealFields, ForecastCategory, Stage, StageKind
 from trellis_sales.store import (
     SUMMARY_COLUMNS,
     SUMMARY_JOIN,
-    check_etag,
     deleted_event,
     event,
     link,
@@ -248,7 +247,7 @@ async def update(
     known = known_id("deal", deal_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR NO KEY UPDATE OF d")
-        check_etag("deal", current.meta, etag)
+        check_etag("deal", current.meta.etag, etag)
         merged = domain.merge(current.fields, draft, paths)
         if merged.pipeline_id != current.fields.pipeline_id and "stage_id" not in paths:
             merged = replace(merged, stage_id="")  # a new pipeline starts at its first stage
@@ -288,7 +287,7 @@ async def delete(pool: db.Pool, ident: Identity, deal_id: str, etag: str, now: d
     known = known_id("deal", deal_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR UPDATE OF d")
-        check_etag("deal", current.meta, etag)
+        check_etag("deal", current.meta.etag, etag)
         await conn.execute("DELETE FROM deals WHERE tenant_id = %s AND id = %s", (tenant_id, known))
         version = current.meta.version + 1
         message = events_pb2.DealDeleted(metadata=metadata(ident, now), id=known, version=version)

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from crm.sales.v1 import events_pb2
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import NotFound
+from crmkit.errors import NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_sales import domain, mapping, metrics, scoring
 from trellis_sales.domain import Lead, LeadFields, LeadStatus
@@ -27,7 +27,6 @@ from trellis_sales.scoring import Rule, RuleFields, RuleKind, Score
 from trellis_sales.store import (
     SUMMARY_COLUMNS,
     SUMMARY_JOIN,
-    check_etag,
     deleted_event,
     event,
     link,
@@ -299,7 +298,7 @@ async def update(
     known = known_id("lead", lead_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR NO KEY UPDATE OF l")
-        check_etag("lead", current.meta, etag)
+        check_etag("lead", current.meta.etag, etag)
         merged = domain.merge(current.fields, draft, paths)
         domain.check_status_change(current.fields.status, merged.status)
         lead, changed = await write(conn, ident, current, domain.finish_lead(merged), now)
@@ -318,7 +317,7 @@ async def delete(pool: db.Pool, ident: Identity, lead_id: str, etag: str, now: d
     known = known_id("lead", lead_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR UPDATE OF l")
-        check_etag("lead", current.meta, etag)
+        check_etag("lead", current.meta.etag, etag)
         await conn.execute("DELETE FROM leads WHERE tenant_id = %s AND id = %s", (tenant_id, known))
         version = current.meta.version + 1
         message = events_pb2.LeadDeleted(metadata=metadata(ident, now), id=known, version=version)

@@ -11,11 +11,11 @@ import psycopg
 
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import Duplicate, FailedPrecondition, Invalid, NotFound
+from crmkit.errors import Duplicate, FailedPrecondition, Invalid, NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_sales import domain
 from trellis_sales.domain import Pipeline, PipelineFields, Stage, StageKind
-from trellis_sales.store import check_etag, meta
+from trellis_sales.store import meta
 
 _COLUMNS = "id, name, is_default, version, etag, create_time, update_time"
 
@@ -159,7 +159,7 @@ async def update(
     known = known_id("pipeline", pipeline_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("pipeline", current.meta, etag)
+        check_etag("pipeline", current.meta.etag, etag)
         merged = domain.merge(current.fields, draft, paths)
         if current.fields.is_default and not merged.is_default:
             raise Invalid([("pipeline.is_default", "make another pipeline the default instead")])
@@ -225,7 +225,7 @@ async def delete(pool: db.Pool, ident: Identity, pipeline_id: str, etag: str) ->
     known = known_id("pipeline", pipeline_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("pipeline", current.meta, etag)
+        check_etag("pipeline", current.meta.etag, etag)
         if current.fields.is_default:
             raise FailedPrecondition(
                 "the default pipeline cannot be deleted; make another one the default first"

@@ -10,11 +10,10 @@ from psycopg.types.json import Jsonb
 
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import FailedPrecondition, NotFound
+from crmkit.errors import FailedPrecondition, NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_sales import domain, leads, mapping, scoring
 from trellis_sales.scoring import Rule, RuleFields
-from trellis_sales.store import check_etag
 
 _COLUMNS = (
     "id, label, kind, points, conditions, event_type, contact_field, half_life_days,"
@@ -95,7 +94,7 @@ async def update(
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _serialise(conn, tenant_id)
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("scoring rule", current.meta, etag)
+        check_etag("scoring rule", current.meta.etag, etag)
         fields = scoring.check_rule(domain.merge(current.fields, draft, paths))
         if not domain.changed_fields(current.fields, fields):
             return current
@@ -124,7 +123,7 @@ async def delete(pool: db.Pool, ident: Identity, rule_id: str, etag: str, now: d
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _serialise(conn, tenant_id)
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("scoring rule", current.meta, etag)
+        check_etag("scoring rule", current.meta.etag, etag)
         # Its engagement hits go with it (ON DELETE CASCADE).
         await conn.execute(
             "DELETE FROM scoring_rules WHERE tenant_id = %s AND id = %s", (tenant_id, known)

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from crm.common.v1 import common_pb2
 from crmkit import db, outbox
 from crmkit.context import Identity
-from crmkit.errors import Invalid, StaleEtag
+from crmkit.errors import Invalid
 from trellis_sales.domain import ContactSummary, Meta
 
 Clock = Callable[[], datetime]
@@ -35,11 +35,6 @@ def meta(row: dict[str, Any]) -> Meta:
         create_time=row["create_time"],
         update_time=row["update_time"],
     )
-
-
-def check_etag(kind: str, current: Meta, etag: str) -> None:
-    if etag and etag != current.etag:
-        raise StaleEtag(kind)
 
 
 def metadata(ident: Identity, at: datetime) -> common_pb2.EventMetadata:

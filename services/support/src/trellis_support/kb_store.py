@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from crmkit import db, updates
-from crmkit.errors import NotFound, StaleEtag
+from crmkit.errors import NotFound, check_etag
 from crmkit.ids import new_id
 from trellis_support import kb
 from trellis_support.kb import Article, ArticleFields, ArticleStatus
@@ -137,8 +137,7 @@ async def update(
     known = known_id("article", article_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, False, "FOR NO KEY UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("article")
+        check_etag("article", current.etag, etag)
         merged = kb.finish_update(updates.merge(current.fields, draft, paths), paths)
         if not updates.changed_fields(current.fields, merged):
             return current
@@ -177,8 +176,7 @@ async def delete(pool: db.Pool, tenant_id: str, article_id: str, etag: str) -> N
     known = known_id("article", article_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, False, "FOR UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("article")
+        check_etag("article", current.etag, etag)
         await conn.execute(
             "DELETE FROM kb_articles WHERE tenant_id = %s AND id = %s", (tenant_id, known)
         )

@@ -10,7 +10,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from crmkit import db, updates
-from crmkit.errors import NotFound, StaleEtag
+from crmkit.errors import NotFound, check_etag
 from crmkit.ids import new_id
 from trellis_support.business_hours import BusinessCalendar, Window
 from trellis_support.domain import Channel, Priority
@@ -179,8 +179,7 @@ async def update(
     known = known_id("sla policy", policy_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("sla policy")
+        check_etag("sla policy", current.etag, etag)
         merged = updates.merge(current.fields, draft, paths)
         if not updates.changed_fields(current.fields, merged):
             return current
@@ -204,8 +203,7 @@ async def delete(pool: db.Pool, tenant_id: str, policy_id: str, etag: str) -> No
     known = known_id("sla policy", policy_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("sla policy")
+        check_etag("sla policy", current.etag, etag)
         await conn.execute(
             "DELETE FROM sla_policies WHERE tenant_id = %s AND id = %s", (tenant_id, known)
         )

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from crm.support.v1 import events_pb2
 from crmkit import db, updates
 from crmkit.context import Identity
-from crmkit.errors import Duplicate, FailedPrecondition, NotFound, StaleEtag
+from crmkit.errors import Duplicate, FailedPrecondition, NotFound, check_etag
 from crmkit.ids import new_id
 from trellis_support import domain, mapping, policies, policy_store, ticket_rows, timers
 from trellis_support.domain import (
@@ -144,11 +144,6 @@ async def _match(conn: db.Conn, tenant_id: str, fields: TicketFields) -> Applied
     return policies.applied(found) if found is not None else None
 
 
-def _check_etag(view: TicketView, etag: str) -> None:
-    if etag and etag != view.ticket.etag:
-        raise StaleEtag("ticket")
-
-
 async def _ticket_event(
     conn: db.Conn,
     ident: Identity,
@@ -207,7 +202,7 @@ async def update(
     known = known_id("ticket", ticket_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         view = await ticket_rows.load(conn, tenant_id, known, _LOCK)
-        _check_etag(view, etag)
+        check_etag("ticket", view.ticket.etag, etag)
         current = view.ticket
         merged = domain.finish_update(current.fields, updates.merge(current.fields, draft, paths))
         changed = updates.changed_fields(current.fields, merged)
@@ -268,7 +263,7 @@ async def change_status(
     known = known_id("ticket", ticket_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         view = await ticket_rows.load(conn, tenant_id, known, _LOCK)
-        _check_etag(view, etag)
+        check_etag("ticket", view.ticket.etag, etag)
         if view.ticket.status is target:
             return Written(view, Verdicts())  # already there: a repeat changes nothing
         move = check_transition(view.ticket.status, target)
