@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
-from crmkit import db, paging
+from crmkit import db, paging, updates
 from crmkit.context import caller
 from crmkit.errors import Invalid, NotFound, invalid_field
 from crmkit.ids import canonical_uuid
@@ -40,20 +40,10 @@ from trellis_notify.unsubscribe import Links
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def _mask(update_mask: Sequence[str], record: Message) -> list[str]:
-    # An empty mask means "every field set in the message" (proto3: every non-default field).
-    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    return domain.resolve_mask(paths)
-
-
-def _fields_mask(
+def _mask(
     update_mask: Sequence[str], record: Message, writable: frozenset[str], output: frozenset[str]
 ) -> list[str]:
-    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    unknown = [p for p in paths if p not in writable | output]
-    if unknown:
-        raise Invalid([("update_mask", f"unknown field {p!r}") for p in unknown])
-    return [p for p in dict.fromkeys(paths) if p in writable]
+    return updates.resolve_mask(updates.requested_paths(update_mask, record), writable, output)
 
 
 def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
@@ -113,7 +103,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateWebhook(
         self, request: notify_pb2.UpdateWebhookRequest, context: Ctx
     ) -> notify_pb2.Webhook:
-        paths = _mask(request.update_mask, request.webhook)
+        paths = _mask(request.update_mask, request.webhook, domain.WRITABLE, domain.OUTPUT_ONLY)
         draft = domain.normalize_webhook(
             mapping.webhook_draft(request.webhook), paths, self._settings.webhook_allow_private
         )
@@ -281,7 +271,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateTemplate(
         self, request: notify_pb2.UpdateTemplateRequest, context: Ctx
     ) -> notify_pb2.Template:
-        paths = _fields_mask(
+        paths = _mask(
             request.update_mask, request.template, templates.WRITABLE, templates.OUTPUT_ONLY
         )
         draft = templates.normalize(mapping.template_draft(request.template), paths)
@@ -405,7 +395,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateRule(
         self, request: notify_pb2.UpdateRuleRequest, context: Ctx
     ) -> notify_pb2.Rule:
-        paths = _fields_mask(request.update_mask, request.rule, rules.WRITABLE, rules.OUTPUT_ONLY)
+        paths = _mask(request.update_mask, request.rule, rules.WRITABLE, rules.OUTPUT_ONLY)
         draft = rules.normalize(mapping.rule_draft(request.rule), paths)
         updated = await rule_store.update_rule(
             self._pool, caller().tenant_id, request.id, draft, paths, request.etag

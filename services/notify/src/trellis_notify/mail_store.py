@@ -16,7 +16,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from crmkit import db
+from crmkit import db, updates
 from crmkit.errors import NotFound, check_etag
 from crmkit.ids import known_id, new_id
 from trellis_notify import audience, templates
@@ -163,9 +163,7 @@ async def update_template(
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select_template(conn, tenant_id, template_id, "FOR NO KEY UPDATE")
         check_etag("template", current.etag, etag)
-        merged = TemplateFields(
-            **{n: getattr(draft if n in paths else current.fields, n) for n in templates.WRITABLE}
-        )
+        merged = updates.merge(current.fields, draft, paths)
         fields = templates.finish(merged)
         if fields == current.fields:
             return current

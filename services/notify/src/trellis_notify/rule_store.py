@@ -17,7 +17,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from crmkit import db
+from crmkit import db, updates
 from crmkit.consumer import Event, Handler
 from crmkit.errors import Invalid, NotFound, check_etag
 from crmkit.ids import canonical_uuid, new_id
@@ -147,9 +147,7 @@ async def update_rule(
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, rule_id, "FOR NO KEY UPDATE")
         check_etag("rule", current.etag, etag)
-        fields = RuleFields(
-            **{n: getattr(draft if n in paths else current.fields, n) for n in rules.WRITABLE}
-        )
+        fields = updates.merge(current.fields, draft, paths)
         if fields == current.fields:
             return current
         if "action" in paths:

@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
-from crmkit import db
+from crmkit import db, updates
 from crmkit.consumer import Event
 from crmkit.errors import FailedPrecondition, NotFound, check_etag
 from crmkit.ids import known_id, new_id
@@ -211,12 +211,7 @@ async def update_webhook(
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_webhook(conn, tenant_id, known, "FOR NO KEY UPDATE")
         check_etag("webhook", current.etag, etag)
-        fields = WebhookFields(
-            **{
-                name: getattr(draft if name in paths else current.fields, name)
-                for name in domain.WRITABLE
-            }
-        )
+        fields = updates.merge(current.fields, draft, paths)
         if fields == current.fields:
             return current
         row = await db.fetch_one(
