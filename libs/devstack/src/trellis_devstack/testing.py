@@ -1,10 +1,13 @@
 """What every service's integration tests share: the settings a service under test takes,
-identity tokens for its callers, the error a call fails with, and looks at its database
-behind its back."""
+identity tokens for its callers, the error a call fails with, waiting for what happens in
+the background, and looks at its database behind its back."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -43,6 +46,27 @@ async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as exc:
         return exc
     raise AssertionError("the call succeeded")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any] | Any],
+    what: str = "it",
+    *,
+    within: float = 60,
+    interval: float = 0.05,
+) -> Any:
+    """Poll until `check()` (plain or async) is truthy and return that; fail naming `what`
+    and the last value after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
 
 
 async def count_rows(admin_url: str, table: str, tenant_id: str) -> int:

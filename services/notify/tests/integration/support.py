@@ -3,10 +3,7 @@ published as the other services publish them, and a partner's webhook receiver."
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -109,22 +106,6 @@ class Running:
         async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any] | Any], *, within: float = 60, what: str = "it"
-) -> Any:
-    """Poll until `check()` is truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + within
-    while True:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.05)
 
 
 async def publish(

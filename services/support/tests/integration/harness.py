@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -231,15 +230,3 @@ async def set_status(
     return await p.stub.ChangeTicketStatus(
         pb.ChangeTicketStatusRequest(id=ticket_id, status=status), metadata=tenant.md()
     )
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: float = 20) -> Any:
-    """Poll until `check()` is truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + within
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.05)

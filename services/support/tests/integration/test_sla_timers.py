@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 from crm.support.v1 import support_pb2 as pb
 from crmkit import migrations
 from trellis_devstack.infra import Postgres
+from trellis_devstack.testing import eventually
 from trellis_support.app import DEFINITION
 
 from .harness import (
@@ -29,7 +30,6 @@ from .harness import (
     Instance,
     Platform,
     Tenant,
-    eventually,
     new_contact,
     new_policy,
     reply,
@@ -103,7 +103,7 @@ async def _wait_for(
         fired = _fired(await _sla_events(db, tenant))
         return fired if sum(fired.values()) >= count else None
 
-    found: Counter[tuple[str, str, str]] = await eventually(enough, what)
+    found: Counter[tuple[str, str, str]] = await eventually(enough, what, within=20)
     return found
 
 
@@ -248,7 +248,7 @@ async def test_a_next_response_round_has_its_own_timers(platform: Platform, tena
     async def breached() -> bool:
         return bool(await platform.db.events(tenant.id, BREACHED))
 
-    await eventually(breached, "the next-response breach")
+    await eventually(breached, "the next-response breach", within=20)
     await set_status(platform, tenant, made.id, pb.TICKET_STATUS_PENDING)
     await reply(platform, tenant, made.id, "Try this.")
     (event,) = [e for _, e in await platform.db.events(tenant.id, BREACHED)]
