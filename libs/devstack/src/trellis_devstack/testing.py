@@ -13,9 +13,10 @@ from typing import Any
 import grpc
 import psycopg
 
-from crmkit import auth
+from crmkit import auth, migrations
 from crmkit.context import Identity
-from trellis_devstack.infra import free_port
+from crmkit.service import ServiceDefinition
+from trellis_devstack.infra import Postgres, free_port
 
 
 def service_settings(nats_url: str, key: auth.SigningKey) -> dict[str, Any]:
@@ -32,6 +33,13 @@ def service_settings(nats_url: str, key: auth.SigningKey) -> dict[str, Any]:
         "NATS_URL": nats_url,
         "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(key.public_jwk()),
     }
+
+
+async def migrated_database(postgres: Postgres, defn: ServiceDefinition, name: str) -> str:
+    """A new database `name` with the service's schema; the URL its app role connects with."""
+    owner_url, app_url = postgres.create_database(name)
+    await migrations.migrate(owner_url, defn.migrations(), f"{name}_app")
+    return app_url
 
 
 def mint(key: auth.SigningKey, tenant_id: str, scopes: Iterable[str], principal: str) -> str:

@@ -15,9 +15,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2_grpc
-from crmkit import migrations
 from crmkit.service import serve
 from trellis_contacts.app import DEFINITION
+from trellis_devstack import testing
 from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.probes import wait_for_health
 
@@ -27,8 +27,7 @@ from .support import Running, Tenant, settings_for
 @pytest.fixture(scope="session")
 async def service(postgres: Postgres, nats_server: Nats) -> AsyncIterator[Running]:
     name = f"contacts_{uuid.uuid4().hex[:8]}"
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, DEFINITION.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, DEFINITION, name)
     settings = settings_for(app_url, nats_server.url)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(DEFINITION, settings, stop))

@@ -19,10 +19,11 @@ from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2_grpc
 from crm.notify.v1 import notify_pb2_grpc
-from crmkit import auth, migrations
+from crmkit import auth
 from crmkit.service import serve
 from trellis_contacts.app import DEFINITION as CONTACTS
 from trellis_contacts.config import ContactsSettings
+from trellis_devstack import testing
 from trellis_devstack.capture import Mailbox
 from trellis_devstack.infra import Nats, Postgres, free_port
 from trellis_devstack.probes import wait_for_health
@@ -55,8 +56,7 @@ async def mailbox() -> AsyncIterator[Mailbox]:
 async def contacts(postgres: Postgres, notify_nats: Nats) -> AsyncIterator[Contacts]:
     """The real contacts service, publishing to notify's NATS, trusting notify's own key."""
     name = f"contacts_{uuid.uuid4().hex[:8]}"
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, CONTACTS.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, CONTACTS, name)
     settings = ContactsSettings.model_validate(
         {
             "database_url": app_url,
@@ -89,10 +89,9 @@ async def service(
     postgres: Postgres, notify_nats: Nats, mailbox: Mailbox, contacts: Contacts
 ) -> AsyncIterator[Running]:
     name = f"notify_{uuid.uuid4().hex[:8]}"
-    owner_url, app_url = postgres.create_database(name)
     clock = Clock()
     defn = definition(clock=clock)
-    await migrations.migrate(owner_url, defn.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, defn, name)
     settings = settings_for(
         app_url,
         notify_nats.url,

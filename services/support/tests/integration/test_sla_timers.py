@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from crm.support.v1 import support_pb2 as pb
-from crmkit import migrations
+from trellis_devstack import testing
 from trellis_devstack.infra import Postgres
 from trellis_devstack.testing import eventually
 from trellis_support.app import DEFINITION
@@ -60,8 +60,7 @@ class Own:
 @pytest.fixture
 async def own(postgres: Postgres, platform: Platform) -> AsyncIterator[Own]:
     name = f"support_sla_{uuid.uuid4().hex[:8]}"
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, DEFINITION.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, DEFINITION, name)
     yield Own(app_url, Database(postgres.url(name)), platform)
     postgres.drop_database(name)
 
