@@ -7,16 +7,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import psycopg
+from grpc_health.v1 import health_pb2
 
 from crmkit import auth, migrations
+from crmkit.config import ServiceSettings
 from crmkit.context import Identity
-from crmkit.service import ServiceDefinition
+from crmkit.service import ServiceDefinition, serve
 from trellis_devstack.infra import Postgres, free_port
+from trellis_devstack.probes import wait_for_health
 
 
 def service_settings(nats_url: str, key: auth.SigningKey) -> dict[str, Any]:
@@ -40,6 +45,36 @@ async def migrated_database(postgres: Postgres, defn: ServiceDefinition, name: s
     owner_url, app_url = postgres.create_database(name)
     await migrations.migrate(owner_url, defn.migrations(), f"{name}_app")
     return app_url
+
+
+@dataclass
+class Served:
+    """A service running in this process."""
+
+    address: str
+    channel: grpc.aio.Channel
+    stop: Callable[[], Awaitable[None]]  # before the block ends, for a test that stops it
+
+
+@asynccontextmanager
+async def served(defn: ServiceDefinition, settings: ServiceSettings) -> AsyncIterator[Served]:
+    """The service served in this process on `settings` until the block ends, from when its
+    health says SERVING."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(defn, settings, stop))
+    address = f"127.0.0.1:{settings.grpc_port}"
+    channel = grpc.aio.insecure_channel(address)
+
+    async def stopped() -> None:
+        stop.set()
+        await task
+
+    try:
+        await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        yield Served(address, channel, stopped)
+    finally:
+        await stopped()
+        await channel.close()
 
 
 def mint(key: auth.SigningKey, tenant_id: str, scopes: Iterable[str], principal: str) -> str:

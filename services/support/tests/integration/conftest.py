@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from crmkit import service
 from trellis_contacts.app import DEFINITION as CONTACTS
 from trellis_devstack import testing
 from trellis_devstack.infra import Nats, Postgres
@@ -25,7 +24,6 @@ from .harness import (
     Platform,
     Tenant,
     contacts_settings,
-    hosted,
     start_support,
 )
 
@@ -46,7 +44,7 @@ async def platform(
     settings = contacts_settings(contacts_app, nats_server.url)
     contacts_address = f"127.0.0.1:{settings.grpc_port}"
     async with (
-        hosted(lambda stop: service.serve(CONTACTS, settings, stop), contacts_address) as contacts,
+        testing.served(CONTACTS, settings) as contacts,
         start_support(app_url, nats_server.url, contacts_address, clock) as support,
     ):
         yield Platform(

@@ -4,27 +4,24 @@ identity tokens, and views of the database behind the service's back."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import psycopg
-from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crm.support.v1 import support_pb2 as pb
 from crm.support.v1 import support_pb2_grpc
 from crmkit import auth
 from crmkit.errors import violations_of
-from crmkit.service import serve
 from trellis_contacts.config import ContactsSettings
 from trellis_devstack import testing
-from trellis_devstack.probes import wait_for_health
+from trellis_devstack.testing import Served
 from trellis_support.app import definition
 from trellis_support.config import SupportSettings
 
@@ -67,40 +64,6 @@ def token(tenant_id: str, scopes: Iterable[str] = AGENT, principal: str = "key-1
     return testing.mint(KEY, tenant_id, scopes, principal)
 
 
-@dataclass
-class Instance:
-    """One running support process (a replica), stoppable."""
-
-    address: str
-    channel: grpc.aio.Channel
-    stop: Callable[[], Awaitable[None]]
-
-    @property
-    def stub(self) -> support_pb2_grpc.SupportServiceAsyncStub:
-        return support_pb2_grpc.SupportServiceStub(self.channel)
-
-
-@asynccontextmanager
-async def hosted(
-    serving: Callable[[asyncio.Event], Coroutine[Any, Any, None]], address: str
-) -> AsyncIterator[Instance]:
-    """Run a service until the block ends (or its instance is stopped first)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(serving(stop))
-    channel = grpc.aio.insecure_channel(address)
-
-    async def stopped() -> None:
-        stop.set()
-        await task
-
-    try:
-        await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
-        yield Instance(address, channel, stopped)
-    finally:
-        await stopped()
-        await channel.close()
-
-
 def support_settings(app_url: str, nats_url: str, contacts: str, **extra: Any) -> SupportSettings:
     return SupportSettings.model_validate(
         {
@@ -115,11 +78,13 @@ def support_settings(app_url: str, nats_url: str, contacts: str, **extra: Any) -
 
 def start_support(
     app_url: str, nats_url: str, contacts: str, clock: FakeClock, **extra: Any
-) -> AbstractAsyncContextManager[Instance]:
+) -> AbstractAsyncContextManager[Served]:
     settings = support_settings(app_url, nats_url, contacts, **extra)
-    return hosted(
-        lambda stop: serve(definition(clock), settings, stop), f"127.0.0.1:{settings.grpc_port}"
-    )
+    return testing.served(definition(clock), settings)
+
+
+def support_stub(instance: Served) -> support_pb2_grpc.SupportServiceAsyncStub:
+    return support_pb2_grpc.SupportServiceStub(instance.channel)
 
 
 def contacts_settings(app_url: str, nats_url: str) -> ContactsSettings:
@@ -155,8 +120,8 @@ class Database:
 class Platform:
     """The services under test and their clock."""
 
-    support: Instance
-    contacts: Instance
+    support: Served
+    contacts: Served
     db: Database
     clock: FakeClock
     app_url: str
@@ -164,7 +129,7 @@ class Platform:
 
     @property
     def stub(self) -> support_pb2_grpc.SupportServiceAsyncStub:
-        return self.support.stub
+        return support_stub(self.support)
 
     @property
     def contacts_stub(self) -> contacts_pb2_grpc.ContactsServiceAsyncStub:

@@ -21,13 +21,12 @@ from prometheus_client import REGISTRY
 from crm.support.v1 import support_pb2 as pb
 from trellis_devstack import testing
 from trellis_devstack.infra import Postgres
-from trellis_devstack.testing import eventually
+from trellis_devstack.testing import Served, eventually
 from trellis_support.app import DEFINITION
 
 from .harness import (
     HOUR,
     Database,
-    Instance,
     Platform,
     Tenant,
     new_contact,
@@ -35,6 +34,7 @@ from .harness import (
     reply,
     set_status,
     start_support,
+    support_stub,
     targets,
 )
 
@@ -50,7 +50,7 @@ class Own:
     db: Database
     platform: Platform
 
-    def replica(self) -> AbstractAsyncContextManager[Instance]:
+    def replica(self) -> AbstractAsyncContextManager[Served]:
         p = self.platform
         return start_support(
             self.app_url, p.nats_url, p.contacts.address, p.clock, sla_check_interval_seconds=0.01
@@ -65,15 +65,15 @@ async def own(postgres: Postgres, platform: Platform) -> AsyncIterator[Own]:
     postgres.drop_database(name)
 
 
-async def _ticket(instance: Instance, tenant: Tenant, contact_id: str) -> pb.Ticket:
-    return await instance.stub.CreateTicket(
+async def _ticket(instance: Served, tenant: Tenant, contact_id: str) -> pb.Ticket:
+    return await support_stub(instance).CreateTicket(
         pb.CreateTicketRequest(ticket=pb.Ticket(subject="Down", contact_id=contact_id)),
         metadata=tenant.md(),
     )
 
 
-async def _policy(instance: Instance, tenant: Tenant, **seconds: int) -> None:
-    await instance.stub.CreateSlaPolicy(
+async def _policy(instance: Served, tenant: Tenant, **seconds: int) -> None:
+    await support_stub(instance).CreateSlaPolicy(
         pb.CreateSlaPolicyRequest(sla_policy=pb.SlaPolicy(name="Fast", targets=targets(**seconds))),
         metadata=tenant.md(),
     )
@@ -126,7 +126,9 @@ async def test_one_warning_and_one_breach_per_target_when_it_passes(
         await _wait_for(own.db, tenant, 2, "the first-response breach")
         p.clock.advance(hours=1)  # 2 h 1 min: past the resolution (the marker)
         fired = await _wait_for(own.db, tenant, 4, "the resolution warning and breach")
-        got = await support.stub.GetTicket(pb.GetTicketRequest(id=made.id), metadata=tenant.md())
+        got = await support_stub(support).GetTicket(
+            pb.GetTicketRequest(id=made.id), metadata=tenant.md()
+        )
     assert fired == {
         (made.id, "SLA_TARGET_FIRST_RESPONSE", "sla_warning"): 1,
         (made.id, "SLA_TARGET_FIRST_RESPONSE", "sla_breached"): 1,
@@ -148,11 +150,11 @@ async def test_no_breach_for_a_ticket_solved_in_time(own: Own, tenant: Tenant) -
         in_time = await _ticket(support, tenant, contact)
         late = await _ticket(support, tenant, contact)
         p.clock.advance(minutes=30)
-        await support.stub.CreateComment(
+        await support_stub(support).CreateComment(
             pb.CreateCommentRequest(ticket_id=in_time.id, comment=pb.Comment(body="Fixed.")),
             metadata=tenant.md(),
         )
-        await support.stub.ChangeTicketStatus(
+        await support_stub(support).ChangeTicketStatus(
             pb.ChangeTicketStatusRequest(id=in_time.id, status=pb.TICKET_STATUS_SOLVED),
             metadata=tenant.md(),
         )
@@ -214,7 +216,7 @@ async def test_a_late_answer_is_a_breach_even_before_the_worker_sees_it(
     # No replica runs while the target passes; the late answer itself judges it breached.
     p.clock.advance(hours=2)
     async with own.replica() as support:
-        await support.stub.ChangeTicketStatus(
+        await support_stub(support).ChangeTicketStatus(
             pb.ChangeTicketStatusRequest(id=made.id, status=pb.TICKET_STATUS_PENDING),
             metadata=tenant.md(),
         )
