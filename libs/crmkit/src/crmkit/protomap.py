@@ -8,12 +8,15 @@ members are the rest ("NEW"), so the two map by name and a new value cannot be m
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.internal.containers import MessageMap
+from google.protobuf.message import Message
+
+from crmkit.errors import invalid_field
 
 E = TypeVar("E", bound=Enum)
 V = TypeVar("V", bound=int)  # a proto enum's ValueType
@@ -30,6 +33,18 @@ def enum_from_proto(name_of: Callable[[V], str], number: V, prefix: str, kind: t
 
 def proto_name(member: Enum | None, prefix: str) -> str:
     return prefix + (member.name if member is not None else "UNSPECIFIED")
+
+
+def time_from_proto(msg: Message, name: str, path: str) -> datetime | None:
+    """The time in `msg`'s Timestamp field `name`, None when unset; Invalid at `path` when it
+    is no time at all."""
+    if not msg.HasField(name):
+        return None
+    sent: timestamp_pb2.Timestamp = getattr(msg, name)
+    try:
+        return sent.ToDatetime(UTC)
+    except (ValueError, OverflowError):  # seconds or nanos outside what a Timestamp may hold
+        raise invalid_field(path, "not a valid time") from None
 
 
 def stamp(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:

@@ -6,10 +6,12 @@ import math
 from datetime import UTC, datetime
 from enum import Enum
 
+import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from crm.contacts.v1 import contacts_pb2
 from crmkit import protomap
+from crmkit.errors import Invalid
 
 
 class Stage(Enum):
@@ -57,3 +59,16 @@ def test_custom_values_round_trip_and_null_clears() -> None:
     back = struct_pb2.Struct()
     protomap.custom_to_proto({"a": "x", "b": 2.5, "c": True}, back.fields)
     assert dict(back) == {"a": "x", "b": 2.5, "c": True}
+
+
+def test_a_time_is_none_when_unset_and_invalid_when_out_of_range() -> None:
+    unset = contacts_pb2.ListContactsRequest()
+    assert protomap.time_from_proto(unset, "updated_after", "updated_after") is None
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    sent = contacts_pb2.ListContactsRequest()
+    sent.updated_after.FromDatetime(at)
+    assert protomap.time_from_proto(sent, "updated_after", "updated_after") == at
+    sent.updated_after.seconds = 10**12
+    with pytest.raises(Invalid) as exc:
+        protomap.time_from_proto(sent, "updated_after", "filter.updated_after")
+    assert exc.value.violations == [("filter.updated_after", "not a valid time")]

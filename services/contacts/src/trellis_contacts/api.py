@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
@@ -21,6 +21,7 @@ from crmkit import db, paging, text, updates
 from crmkit.context import caller
 from crmkit.errors import invalid_field
 from crmkit.ids import canonical_uuid
+from crmkit.protomap import time_from_proto
 from trellis_contacts import domain, mapping, store
 from trellis_contacts.domain import CompanyFields, ContactFields
 
@@ -37,16 +38,6 @@ def _mask(update_mask: Sequence[str], record: Message, writable: frozenset[str])
         domain.OUTPUT_ONLY,
         domain.MAP_FIELDS,
     )
-
-
-def _time_filter(request: Message, field: str, path: str = "") -> datetime | None:
-    if not request.HasField(field):
-        return None
-    stamp: timestamp_pb2.Timestamp = getattr(request, field)
-    try:
-        return stamp.ToDatetime(UTC)
-    except ValueError:  # seconds or nanos outside what a Timestamp may hold
-        raise invalid_field(path or field, "not a valid time") from None
 
 
 class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
@@ -97,7 +88,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         filters = store.ContactFilter(
             tag=tag,
             company_id=company,
-            updated_after=_time_filter(request, "updated_after"),
+            updated_after=time_from_proto(request, "updated_after", "updated_after"),
             lifecycle_stage=stage,
             email=text.filter_text(request.email, "email"),
         )
@@ -144,7 +135,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         self, request: contacts_pb2.ListCompaniesRequest, context: Ctx
     ) -> contacts_pb2.ListCompaniesResponse:
         size = paging.page_size(request.page_size)
-        updated_after = _time_filter(request, "updated_after")
+        updated_after = time_from_proto(request, "updated_after", "updated_after")
         fingerprint: dict[str, object] = {"updated_after": updated_after}
         after = paging.after_id(request.page_token, fingerprint)
         rows = await store.list_companies(
@@ -166,7 +157,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
             status=mapping.consent_status_from_proto(msg.status),
             legal_basis=mapping.legal_basis_from_proto(msg.legal_basis),
             source=msg.source,
-            time=_time_filter(msg, "time", "consent.time"),
+            time=time_from_proto(msg, "time", "consent.time"),
             now=datetime.now(UTC),
         )
         consent = await store.set_consent(self._pool, caller(), request.contact_id, fields)

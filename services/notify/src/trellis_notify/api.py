@@ -7,7 +7,7 @@ limits, and turns domain errors into statuses; each handler is its use case only
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -20,6 +20,7 @@ from crmkit import db, paging, updates
 from crmkit.context import caller
 from crmkit.errors import Invalid, NotFound, invalid_field
 from crmkit.ids import canonical_uuid
+from crmkit.protomap import time_from_proto
 from trellis_notify import (
     audience,
     campaigns,
@@ -142,12 +143,9 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         self, request: notify_pb2.ReplayWebhookRequest, context: Ctx
     ) -> notify_pb2.ReplayWebhookResponse:
         tenant_id = caller().tenant_id
-        if not request.HasField("start_time"):
+        start = time_from_proto(request, "start_time", "start_time")
+        if start is None:
             raise invalid_field("start_time", "required: events after this time are sent again")
-        try:
-            start = request.start_time.ToDatetime(UTC)
-        except ValueError:
-            raise invalid_field("start_time", "not a valid time") from None
         webhook = await store.get_webhook(self._pool, tenant_id, request.id)
         found = await replay.matching_events(
             self._js,
@@ -414,12 +412,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         self, request: notify_pb2.CreateCampaignRequest, context: Ctx
     ) -> notify_pb2.Campaign:
         msg = request.campaign
-        schedule = None
-        if msg.HasField("schedule_time"):
-            try:
-                schedule = msg.schedule_time.ToDatetime(UTC)
-            except ValueError:
-                raise invalid_field("campaign.schedule_time", "not a valid time") from None
+        schedule = time_from_proto(msg, "schedule_time", "campaign.schedule_time")
         fields = campaigns.new_campaign(
             name=msg.name,
             template_id=msg.template_id,

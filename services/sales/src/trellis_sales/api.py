@@ -16,7 +16,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from crm.sales.v1 import sales_pb2, sales_pb2_grpc
-from crmkit import db, paging, text, updates
+from crmkit import db, paging, protomap, text, updates
 from crmkit.context import caller
 from crmkit.errors import Invalid, invalid_field
 from crmkit.ids import canonical_uuid
@@ -403,8 +403,8 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.GetFunnelReportRequest, context: Ctx
     ) -> sales_pb2.FunnelReport:
         start, end = reports.checked_range(
-            mapping.time_from_proto(request, "start_time", "start_time"),
-            mapping.time_from_proto(request, "end_time", "end_time"),
+            protomap.time_from_proto(request, "start_time", "start_time"),
+            protomap.time_from_proto(request, "end_time", "end_time"),
             "start_time",
             "end_time",
         )
@@ -421,8 +421,8 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.GetWinRateReportRequest, context: Ctx
     ) -> sales_pb2.WinRateReport:
         start, end = reports.checked_range(
-            mapping.time_from_proto(request, "start_time", "start_time"),
-            mapping.time_from_proto(request, "end_time", "end_time"),
+            protomap.time_from_proto(request, "start_time", "start_time"),
+            protomap.time_from_proto(request, "end_time", "end_time"),
             "start_time",
             "end_time",
         )

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date
 from enum import Enum
 from typing import Any, TypeVar
-
-from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
 
 from crm.sales.v1 import sales_pb2
 from crmkit.errors import Invalid, invalid_field
@@ -18,6 +15,7 @@ from crmkit.protomap import (
     enum_from_proto,
     proto_name,
     stamp,
+    time_from_proto,
 )
 from trellis_sales import scoring
 from trellis_sales.domain import (
@@ -74,16 +72,6 @@ def period(number: sales_pb2.Period.ValueType) -> Period:
 
 
 # --- shared pieces ----------------------------------------------------------------------------
-
-
-def time_from_proto(msg: Message, name: str, path: str) -> datetime | None:
-    if not msg.HasField(name):
-        return None
-    sent: timestamp_pb2.Timestamp = getattr(msg, name)
-    try:
-        return sent.ToDatetime(UTC)
-    except (ValueError, OverflowError):  # seconds or nanos outside what a Timestamp may hold
-        raise invalid_field(path, "not a valid time") from None
 
 
 def _meta(msg: Any, meta: Meta) -> None:

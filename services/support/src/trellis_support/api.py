@@ -9,11 +9,11 @@ agree.
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
@@ -24,6 +24,7 @@ from crmkit.client import Callee
 from crmkit.context import caller
 from crmkit.errors import Invalid, ServiceError, invalid_field, permission_denied
 from crmkit.ids import canonical_uuid
+from crmkit.protomap import time_from_proto
 from trellis_support import (
     domain,
     kb,
@@ -49,13 +50,10 @@ MAX_REPORT_RANGE = timedelta(days=400)
 
 
 def _time(request: Message, field: str) -> datetime:
-    if not request.HasField(field):
+    found = time_from_proto(request, field, field)
+    if found is None:
         raise invalid_field(field, "required")
-    stamp: timestamp_pb2.Timestamp = getattr(request, field)
-    try:
-        return stamp.ToDatetime(UTC)
-    except ValueError:  # seconds or nanos outside what a Timestamp may hold
-        raise invalid_field(field, "not a valid time") from None
+    return found
 
 
 def _after_pair(token: str, filters: dict[str, object]) -> tuple[int, str] | None:
