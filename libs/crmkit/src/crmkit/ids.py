@@ -21,6 +21,13 @@ def canonical_uuid(value: str) -> str | None:
         return None
 
 
+def filter_id(value: str) -> str | None:
+    """A list filter by id: "" for none, None for one that cannot be an id (ids are opaque:
+    it matches nothing)."""
+    value = value.strip()
+    return canonical_uuid(value) if value else ""
+
+
 def known_id(kind: str, value: str) -> str:
     """The canonical id of a record to look up; one that cannot exist is simply NotFound, the
     same answer as another tenant's id."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crmkit.errors import NotFound
-from crmkit.ids import known_id, new_id, reference
+from crmkit.ids import filter_id, known_id, new_id, reference
 
 
 def test_a_reference_is_canonical_empty_or_no_such_record() -> None:
@@ -23,3 +23,10 @@ def test_an_id_that_cannot_exist_is_not_found() -> None:
     assert known_id("deal", known.upper()) == known
     with pytest.raises(NotFound):
         known_id("deal", "nope")
+
+
+def test_a_filter_id_is_canonical_empty_or_matches_nothing() -> None:
+    known = new_id()
+    assert filter_id(f" {known.upper()} ") == known
+    assert filter_id("  ") == ""
+    assert filter_id("nope") is None

@@ -20,7 +20,7 @@ from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crmkit import db, paging, text, updates
 from crmkit.context import caller
 from crmkit.errors import invalid_field
-from crmkit.ids import canonical_uuid
+from crmkit.ids import filter_id
 from crmkit.protomap import time_from_proto
 from trellis_contacts import domain, mapping, store
 from trellis_contacts.domain import CompanyFields, ContactFields
@@ -81,9 +81,8 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         size = paging.page_size(request.page_size)
         stage = mapping.stage_from_proto(request.lifecycle_stage, "lifecycle_stage")
         tag = text.filter_text(request.tag, "tag")
-        company_id = request.company_id.strip()
-        company = canonical_uuid(company_id) if company_id else ""
-        if company is None:  # ids are opaque: one that cannot exist matches nothing
+        company = filter_id(request.company_id)
+        if company is None:
             return contacts_pb2.ListContactsResponse()
         filters = store.ContactFilter(
             tag=tag,

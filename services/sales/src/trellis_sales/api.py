@@ -19,7 +19,7 @@ from crm.sales.v1 import sales_pb2, sales_pb2_grpc
 from crmkit import db, paging, protomap, text, updates
 from crmkit.context import caller
 from crmkit.errors import Invalid, invalid_field
-from crmkit.ids import canonical_uuid
+from crmkit.ids import canonical_uuid, filter_id
 from trellis_sales import (
     activities,
     conversion,
@@ -71,12 +71,6 @@ def _mask(
     )
 
 
-def _filter_id(value: str) -> str | None:
-    """A list filter by id: "" for none, None when it cannot be an id (matches nothing)."""
-    value = value.strip()
-    return (canonical_uuid(value) or None) if value else ""
-
-
 class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     def __init__(self, pool: db.Pool, contacts: conversion.Contacts, clock: Clock) -> None:
         self._pool = pool
@@ -115,7 +109,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListLeadsRequest, context: Ctx
     ) -> sales_pb2.ListLeadsResponse:
         size = paging.page_size(request.page_size)
-        contact = _filter_id(request.contact_id)
+        contact = filter_id(request.contact_id)
         if contact is None:
             return sales_pb2.ListLeadsResponse()
         filters = leads.LeadFilter(
@@ -284,7 +278,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListDealsRequest, context: Ctx
     ) -> sales_pb2.ListDealsResponse:
         size = paging.page_size(request.page_size)
-        ids = [_filter_id(v) for v in (request.pipeline_id, request.stage_id, request.contact_id)]
+        ids = [filter_id(v) for v in (request.pipeline_id, request.stage_id, request.contact_id)]
         if None in ids:
             return sales_pb2.ListDealsResponse()
         pipeline_id, stage_id, contact_id = (str(i) for i in ids)
@@ -356,7 +350,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListActivitiesRequest, context: Ctx
     ) -> sales_pb2.ListActivitiesResponse:
         size = paging.page_size(request.page_size)
-        lead_id, deal_id = _filter_id(request.lead_id), _filter_id(request.deal_id)
+        lead_id, deal_id = filter_id(request.lead_id), filter_id(request.deal_id)
         if lead_id is None or deal_id is None:
             return sales_pb2.ListActivitiesResponse()
         filters = activities.ActivityFilter(
@@ -386,7 +380,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         if out:
             raise Invalid(out)
         start, end = reports.checked_range(first, last, "start_date", "end_date")
-        pipeline_id = _filter_id(request.pipeline_id)
+        pipeline_id = filter_id(request.pipeline_id)
         if pipeline_id is None:
             return sales_pb2.Forecast()
         return await reports.forecast(
@@ -426,7 +420,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
             "start_time",
             "end_time",
         )
-        pipeline_id = _filter_id(request.pipeline_id)
+        pipeline_id = filter_id(request.pipeline_id)
         if pipeline_id is None:
             return sales_pb2.WinRateReport()
         return await reports.win_rate(

@@ -23,7 +23,7 @@ from crmkit import db, paging, text, updates
 from crmkit.client import Callee
 from crmkit.context import caller
 from crmkit.errors import Invalid, ServiceError, invalid_field, permission_denied
-from crmkit.ids import canonical_uuid
+from crmkit.ids import canonical_uuid, filter_id
 from crmkit.protomap import time_from_proto
 from trellis_support import (
     domain,
@@ -147,9 +147,8 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         self, request: pb.ListTicketsRequest, context: Ctx
     ) -> pb.ListTicketsResponse:
         size = paging.page_size(request.page_size)
-        contact_id = request.contact_id.strip()
-        contact = canonical_uuid(contact_id) if contact_id else ""
-        if contact is None:  # ids are opaque: one that cannot exist matches nothing
+        contact = filter_id(request.contact_id)
+        if contact is None:
             return pb.ListTicketsResponse()
         filters = ticket_store.TicketFilter(
             status=mapping.STATUS.from_proto(request.status, "status"),
