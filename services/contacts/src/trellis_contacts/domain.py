@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from crmkit import text
+from crmkit import contactinfo, text
 from crmkit.errors import Invalid
 from crmkit.ids import reference
 
@@ -115,16 +115,6 @@ Company = Record[CompanyFields]
 
 # --- field rules ------------------------------------------------------------------------------
 
-# Close to the WHATWG rule for <input type=email>, plus a dot in the domain: a CRM wants
-# deliverable addresses, not every string RFC 5322 allows.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_TLD = r"[A-Za-z][A-Za-z0-9-]{0,61}[A-Za-z0-9]"  # two or more characters, starting with a letter
-# Used with fullmatch: `$` would let a trailing newline through.
-_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+{_TLD}")
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_PHONE_SEPARATORS = str.maketrans("", "", " -().")
-_DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_TLD}")  # matched after lower-casing
 _FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 MAX_CUSTOM_STRING = 1000  # characters; Value has no proto option to carry the bound
@@ -140,8 +130,8 @@ def _emails(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str
     result = []
     for i, raw in enumerate(values):
         email = raw.strip()
-        if not _EMAIL.fullmatch(email) or len(email.partition("@")[0]) > 64:
-            out.append((f"{path}[{i}]", "not a valid email address"))
+        if not contactinfo.is_email(email):
+            out.append((f"{path}[{i}]", contactinfo.NOT_AN_EMAIL))
         elif (first := seen.setdefault(email_key(email), i)) != i:
             out.append((f"{path}[{i}]", f"the same address as {path}[{first}]"))
         result.append(email)  # stored as given (trimmed); only the uniqueness key is lowered
@@ -151,9 +141,9 @@ def _emails(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str
 def _phones(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
     result: list[str] = []
     for i, raw in enumerate(values):
-        phone = raw.translate(_PHONE_SEPARATORS)
-        if not _E164.fullmatch(phone):
-            out.append((f"{path}[{i}]", "not an E.164 phone number, e.g. +14155550100"))
+        phone = contactinfo.phone_number(raw)
+        if not contactinfo.is_e164(phone):
+            out.append((f"{path}[{i}]", contactinfo.NOT_A_PHONE))
         elif phone in result:
             out.append((f"{path}[{i}]", f"the same number as {path}[{result.index(phone)}]"))
         result.append(phone)
@@ -162,7 +152,7 @@ def _phones(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str
 
 def _web_domain(value: str, path: str, out: list[Violation]) -> str:
     value = value.strip().lower()
-    if value and not _DOMAIN.fullmatch(value):
+    if value and not contactinfo.is_domain_name(value):
         out.append((path, "not a valid domain name, e.g. example.com"))
     return value
 

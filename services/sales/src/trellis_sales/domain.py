@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import pycountry
 
-from crmkit import text, updates
+from crmkit import contactinfo, text, updates
 from crmkit.errors import Invalid
 from crmkit.ids import reference
 
@@ -186,22 +186,10 @@ class Activity:
 
 # --- field rules ------------------------------------------------------------------------------
 
-# As the contacts service checks addresses (a WHATWG-like pattern with a dot in the domain):
-# a lead's email becomes a contact's on conversion, so it must pass there too.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_TLD = r"[A-Za-z][A-Za-z0-9-]{0,61}[A-Za-z0-9]"
-_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+{_TLD}")
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_PHONE_SEPARATORS = str.maketrans("", "", " -().")
 _CUSTOM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 MAX_CUSTOM_STRING = 1000
 MAX_STAGES = 30
-
-
-def email_key(email: str) -> str:
-    return email.lower()
 
 
 def email_domain(email: str) -> str:
@@ -210,15 +198,15 @@ def email_domain(email: str) -> str:
 
 def _email(value: str, path: str, out: list[Violation]) -> str:
     value = value.strip()
-    if value and (not _EMAIL.fullmatch(value) or len(value.partition("@")[0]) > 64):
-        out.append((path, "not a valid email address"))
+    if value and not contactinfo.is_email(value):
+        out.append((path, contactinfo.NOT_AN_EMAIL))
     return value
 
 
 def _phone(value: str, path: str, out: list[Violation]) -> str:
-    phone = value.translate(_PHONE_SEPARATORS)
-    if phone and not _E164.fullmatch(phone):
-        out.append((path, "not an E.164 phone number, e.g. +14155550100"))
+    phone = contactinfo.phone_number(value)
+    if phone and not contactinfo.is_e164(phone):
+        out.append((path, contactinfo.NOT_A_PHONE))
     return phone
 
 
