@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from crmkit import contactinfo, text
+from crmkit import contactinfo, customvalues, text
 from crmkit.errors import Invalid
 from crmkit.ids import reference
 
@@ -115,9 +115,7 @@ Company = Record[CompanyFields]
 
 # --- field rules ------------------------------------------------------------------------------
 
-_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-MAX_CUSTOM_STRING = 1000  # characters; Value has no proto option to carry the bound
 
 
 def email_key(email: str) -> str:
@@ -222,10 +220,7 @@ def _custom_value(value: object, definition: FieldDefinition) -> str | None:
         case FieldType.STRING:
             if not isinstance(value, str):
                 return "must be a string"
-            if len(value) > MAX_CUSTOM_STRING:
-                return f"longer than {MAX_CUSTOM_STRING} characters"
-            if "\x00" in value:  # PostgreSQL's jsonb cannot hold it; newlines are fine here
-                return "must not contain NUL characters"
+            return customvalues.string_problem(value)
         case FieldType.NUMBER:
             # bool is an int in Python, but true is not a number in JSON.
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -310,7 +305,7 @@ def new_field_definition(
     out: list[Violation] = []
     if object_type is None:
         out.append((f"{prefix}.object_type", "must be CONTACT or COMPANY"))
-    if not _FIELD_NAME.fullmatch(name):
+    if not customvalues.NAME.fullmatch(name):
         out.append(
             (
                 f"{prefix}.name",

@@ -8,7 +8,6 @@ stores call them inside their transactions. Scoring has its own module (scoring.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import pycountry
 
-from crmkit import contactinfo, text, updates
+from crmkit import contactinfo, customvalues, text, updates
 from crmkit.errors import Invalid
 from crmkit.ids import reference
 
@@ -186,9 +185,8 @@ class Activity:
 
 # --- field rules ------------------------------------------------------------------------------
 
-_CUSTOM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-MAX_CUSTOM_STRING = 1000
+_NOT_A_SCALAR = "must be a string, a number or a boolean"
 MAX_STAGES = 30
 
 
@@ -210,21 +208,6 @@ def _phone(value: str, path: str, out: list[Violation]) -> str:
     return phone
 
 
-def _custom_value(value: object) -> str | None:
-    """What is wrong with a custom value, or None: strings, finite numbers and booleans."""
-    if isinstance(value, str):
-        if len(value) > MAX_CUSTOM_STRING:
-            return f"longer than {MAX_CUSTOM_STRING} characters"
-        if "\x00" in value:  # PostgreSQL's jsonb cannot hold it
-            return "must not contain NUL characters"
-        return None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return None if math.isfinite(value) else "must be a finite number"
-    return "must be a string, a number or a boolean"
-
-
 def custom_fields(
     values: Mapping[str, object], path: str, out: list[Violation]
 ) -> dict[str, object]:
@@ -232,11 +215,11 @@ def custom_fields(
     kept: dict[str, object] = {}
     for name, value in values.items():
         where = f"{path}.{name}"
-        if not _CUSTOM_NAME.fullmatch(name):
+        if not customvalues.NAME.fullmatch(name):
             out.append((where, "names are lower-case letters, digits or underscores"))
         elif value is None:
             continue
-        elif (problem := _custom_value(value)) is not None:
+        elif (problem := customvalues.scalar_problem(value, _NOT_A_SCALAR)) is not None:
             out.append((where, problem))
         else:
             kept[name] = value

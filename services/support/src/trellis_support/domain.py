@@ -6,7 +6,6 @@ Validation collects every problem of a request at once and names each by its req
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -14,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from crmkit import text
+from crmkit import customvalues, text
 from crmkit.errors import Invalid, Violation
 from crmkit.ids import canonical_uuid, reference
 from trellis_support.sla import (
@@ -168,9 +167,8 @@ class Comment:
     create_time: datetime
 
 
-MAX_CUSTOM_STRING = 1000  # characters; Value has no proto option to carry the bound
-_CUSTOM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _LINE_BREAKS = re.compile(r"[\t\n\r]")
+_NOT_A_SCALAR = "must be a string, a number, a boolean or null"  # null clears the field
 
 
 def long_text(value: str, path: str, out: list[Violation]) -> str:
@@ -181,30 +179,18 @@ def long_text(value: str, path: str, out: list[Violation]) -> str:
     return value
 
 
-def _custom_value(value: object) -> str | None:
-    """What is wrong with a custom field value, or None when it fits."""
-    if isinstance(value, str):
-        if len(value) > MAX_CUSTOM_STRING:
-            return f"longer than {MAX_CUSTOM_STRING} characters"
-        if "\x00" in value:
-            return "must not contain NUL characters"
-        return None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return None if math.isfinite(value) else "must be a finite number"
-    return "must be a string, a number, a boolean or null"
-
-
 def _custom_fields(
     values: Mapping[str, object], path: str, out: list[Violation]
 ) -> dict[str, object]:
     kept: dict[str, object] = {}
     for name, value in values.items():
         where = f"{path}.{name}"
-        if not _CUSTOM_NAME.fullmatch(name):
+        if not customvalues.NAME.fullmatch(name):
             out.append((where, "names are lower-case letters, digits and underscores"))
-        elif value is not None and (problem := _custom_value(value)) is not None:
+        elif (
+            value is not None
+            and (problem := customvalues.scalar_problem(value, _NOT_A_SCALAR)) is not None
+        ):
             out.append((where, problem))
         else:
             kept[name] = value
