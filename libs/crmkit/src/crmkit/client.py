@@ -53,6 +53,24 @@ def service_config(services: Iterable[ServiceDescriptor]) -> str:
 RECONNECT_OPTIONS = [("grpc.max_reconnect_backoff_ms", 5000)]
 
 
+def call_metadata(
+    token: str, request_id: str, idempotency_key: str, traced: bool
+) -> list[tuple[str, Any]]:
+    """What a call to another service carries: the identity token, the request id, the
+    idempotency key of a write, and the trace context where no client interceptor sends it
+    (`traced`: the channel has one)."""
+    metadata: list[tuple[str, Any]] = [(auth.METADATA_KEY, token), ("x-request-id", request_id)]
+    if idempotency_key:
+        # The callee records it with the write: a retry after a lost answer returns the
+        # first result instead of writing twice.
+        metadata.append((idempotency.METADATA_KEY, idempotency_key))
+    if not traced:
+        carrier: dict[str, str] = {}
+        telemetry.inject_into(carrier)
+        metadata.extend(carrier.items())
+    return metadata
+
+
 def channel(services: Iterable[ServiceDescriptor], address: str) -> grpc.aio.Channel:
     """A channel with the contract's retry policy, and a client span per call when spans are
     recorded (without them, Callee.call passes the trace context on itself)."""
@@ -104,16 +122,9 @@ class Callee:
         token = token or context.identity_token.get()
         if not token:  # only reachable from code that is not serving a call
             raise RuntimeError("no caller to act on behalf of")
-        metadata: list[tuple[str, Any]] = [
-            (auth.METADATA_KEY, token),
-            ("x-request-id", context.request_id.get() or ""),
-        ]
-        if idempotency_key:
-            metadata.append((idempotency.METADATA_KEY, idempotency_key))
-        if not self._traced:
-            carrier: dict[str, str] = {}
-            telemetry.inject_into(carrier)
-            metadata.extend(carrier.items())
+        metadata = call_metadata(
+            token, context.request_id.get() or "", idempotency_key, self._traced
+        )
         try:
             return await method(request, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncClientCursor, AsyncConnection, sql
+from psycopg.abc import Params, QueryNoTemplate
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -161,3 +162,13 @@ async def joined(pool: Pool, tenant_id: str) -> AsyncIterator[Conn]:
             yield conn
         finally:
             _ambient.reset(token)
+
+
+async def fetch_one(conn: Conn, query: QueryNoTemplate, params: Params) -> dict[str, Any] | None:
+    cur = await conn.execute(query, params)
+    return await cur.fetchone()
+
+
+async def fetch_all(conn: Conn, query: QueryNoTemplate, params: Params) -> list[dict[str, Any]]:
+    cur = await conn.execute(query, params)
+    return await cur.fetchall()

@@ -111,6 +111,13 @@ class StaleEtag(ServiceError):
         )
 
 
+def check_etag(kind: str, stored: str, sent: str) -> None:
+    """A write that sends an etag goes ahead only while the record still has it; one that
+    sends none goes ahead regardless (AIP-154)."""
+    if sent and sent != stored:
+        raise StaleEtag(kind)
+
+
 class Duplicate(ServiceError):
     """ALREADY_EXISTS: a unique value is taken; `field` names it when a field holds it."""
 

@@ -19,6 +19,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from crmkit.errors import invalid_field
+from crmkit.ids import canonical_uuid
 
 DEFAULT_PAGE_SIZE = 50
 
@@ -69,6 +70,17 @@ def decode_page_token(
     if body.get("f") != _fingerprint(filters):
         raise invalid_field(field, "the page token belongs to a request with other filters")
     return after
+
+
+def after_id(token: str, filters: Mapping[str, object]) -> str | None:
+    """The id a page token resumes after, for a list in id order; None for the first page."""
+    after = decode_page_token(token, filters, arity=1)
+    if after is None:
+        return None
+    found = canonical_uuid(str(after[0]))
+    if found is None:
+        raise invalid_field("page_token", "malformed page token")
+    return found
 
 
 # A page stays well under gRPC's default 4 MiB message limit, whatever its records hold.

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
+
+from crmkit.errors import Invalid
 
 Violation = tuple[str, str]
 
@@ -29,4 +32,33 @@ def one_line(value: str, path: str, out: list[Violation]) -> str:
         out.append((path, "must not contain bidirectional override characters"))
     elif value and all(unicodedata.category(c) in _INVISIBLE for c in value):
         out.append((path, "must contain visible characters"))
+    return value
+
+
+def required(value: str, path: str, out: list[Violation]) -> str:
+    """As one_line, and not empty."""
+    value = one_line(value, path, out)
+    if not value:
+        out.append((path, "must not be empty"))
+    return value
+
+
+def tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
+    """Trimmed, one-line, non-empty tags; a repeated tag is harmless and kept once."""
+    result: list[str] = []
+    for i, raw in enumerate(values):
+        tag = one_line(raw, f"{path}[{i}]", out)
+        if not tag:
+            out.append((f"{path}[{i}]", "must not be empty"))
+        elif tag not in result:
+            result.append(tag)
+    return tuple(result)
+
+
+def filter_text(value: str, path: str) -> str:
+    """A text filter of a list request, held to the rule of the text it is compared with."""
+    out: list[Violation] = []
+    value = one_line(value, path, out)
+    if out:
+        raise Invalid(out)
     return value

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -24,6 +22,7 @@ from psycopg import sql
 
 from crmkit import bus, db, migrations, telemetry
 from crmkit.config import TracingSettings
+from trellis_devstack.testing import eventually
 
 # What handlers in these tests record, in the handler's own transaction: counting rows here
 # is counting effects, so duplicates would show.
@@ -101,23 +100,6 @@ async def running(*workers: Worker) -> AsyncIterator[None]:
     finally:
         await asyncio.wait_for(asyncio.gather(*(w.stop() for w in workers)), 15)
         await asyncio.wait_for(asyncio.gather(*tasks), 15)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any] | Any], *, within: float, what: str, interval: float = 0.05
-) -> Any:
-    """Poll until `check()` is truthy; fail with `what` and the last value after `within` seconds."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while True:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
 
 
 async def scalar(pool: db.Pool, query: str, *params: Any) -> Any:

@@ -97,3 +97,12 @@ def test_a_page_ends_before_it_grows_too_large_to_send() -> None:
     # A single record larger than the budget still makes a page: no page is ever empty.
     page, token = paging.next_page(big, 10, _key, {}, max_bytes=1)
     assert (page, paging.decode_page_token(token, {}, arity=1)) == (big[:1], ["a"])
+
+
+def test_after_id_is_the_canonical_id_of_the_token() -> None:
+    upper = "0190A8E4-6B9C-7C3D-8E2F-123456789ABC"
+    token = paging.encode_page_token([upper], FILTERS)
+    assert paging.after_id(token, FILTERS) == upper.lower()
+    assert paging.after_id("", FILTERS) is None
+    with pytest.raises(ServiceError):
+        paging.after_id(paging.encode_page_token(["not-an-id"], FILTERS), FILTERS)

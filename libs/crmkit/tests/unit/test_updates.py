@@ -9,7 +9,7 @@ import pytest
 
 from crm.contacts.v1 import contacts_pb2
 from crmkit import updates
-from crmkit.errors import Invalid
+from crmkit.errors import Invalid, StaleEtag, check_etag
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,10 @@ def test_changed_fields_lists_map_entries_and_tells_true_from_one() -> None:
     new = Thing("a", 2, {"flag": 1, "same": "x", "added": "y"})
     assert updates.changed_fields(old, new) == ["size", "labels.added", "labels.flag"]
     assert updates.top_level(["labels.flag", "size"]) == {"labels", "size"}
+
+
+def test_a_write_goes_ahead_only_with_the_stored_etag_or_none() -> None:
+    check_etag("deal", "e2", "e2")
+    check_etag("deal", "e2", "")
+    with pytest.raises(StaleEtag):
+        check_etag("deal", "e2", "e1")

@@ -13,47 +13,31 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import db, paging
+from crmkit import db, paging, text, updates
 from crmkit.context import caller
 from crmkit.errors import invalid_field
-from crmkit.ids import canonical_uuid
+from crmkit.ids import filter_id
+from crmkit.protomap import time_from_proto
 from trellis_contacts import domain, mapping, store
 from trellis_contacts.domain import CompanyFields, ContactFields
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-_CONTACT_PATHS = domain.writable_paths(ContactFields)
-_COMPANY_PATHS = domain.writable_paths(CompanyFields)
+_CONTACT_PATHS = updates.writable_paths(ContactFields)
+_COMPANY_PATHS = updates.writable_paths(CompanyFields)
 
 
 def _mask(update_mask: Sequence[str], record: Message, writable: frozenset[str]) -> list[str]:
-    # An empty mask means "every field set in the message" (proto3: every non-default field).
-    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    return domain.resolve_mask(paths, writable)
-
-
-def _time_filter(request: Message, field: str, path: str = "") -> datetime | None:
-    if not request.HasField(field):
-        return None
-    stamp: timestamp_pb2.Timestamp = getattr(request, field)
-    try:
-        return stamp.ToDatetime(UTC)
-    except ValueError:  # seconds or nanos outside what a Timestamp may hold
-        raise invalid_field(path or field, "not a valid time") from None
-
-
-def _after_id(token: str, filters: dict[str, object]) -> str | None:
-    after = paging.decode_page_token(token, filters, arity=1)
-    if after is None:
-        return None
-    after_id = canonical_uuid(str(after[0]))
-    if after_id is None:
-        raise invalid_field("page_token", "malformed page token")
-    return after_id
+    return updates.resolve_mask(
+        updates.requested_paths(update_mask, record),
+        writable,
+        domain.OUTPUT_ONLY,
+        domain.MAP_FIELDS,
+    )
 
 
 class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
@@ -79,7 +63,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     ) -> contacts_pb2.Contact:
         paths = _mask(request.update_mask, request.contact, _CONTACT_PATHS)
         draft = mapping.contact_draft(request.contact)
-        draft = domain.normalize_contact(draft, domain.top_level(paths))
+        draft = domain.normalize_contact(draft, updates.top_level(paths))
         contact = await store.update_contact(
             self._pool, caller(), request.id, draft, paths, request.etag
         )
@@ -96,20 +80,19 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     ) -> contacts_pb2.ListContactsResponse:
         size = paging.page_size(request.page_size)
         stage = mapping.stage_from_proto(request.lifecycle_stage, "lifecycle_stage")
-        tag = domain.filter_text(request.tag, "tag")
-        company_id = request.company_id.strip()
-        company = canonical_uuid(company_id) if company_id else ""
-        if company is None:  # ids are opaque: one that cannot exist matches nothing
+        tag = text.filter_text(request.tag, "tag")
+        company = filter_id(request.company_id)
+        if company is None:
             return contacts_pb2.ListContactsResponse()
         filters = store.ContactFilter(
             tag=tag,
             company_id=company,
-            updated_after=_time_filter(request, "updated_after"),
+            updated_after=time_from_proto(request, "updated_after", "updated_after"),
             lifecycle_stage=stage,
-            email=domain.filter_text(request.email, "email"),
+            email=text.filter_text(request.email, "email"),
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         rows = await store.list_contacts(self._pool, caller().tenant_id, filters, after, size + 1)
         page, token = paging.next_page(
             [mapping.contact_to_proto(c) for c in rows], size, lambda c: [c.id], fingerprint
@@ -135,7 +118,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     ) -> contacts_pb2.Company:
         paths = _mask(request.update_mask, request.company, _COMPANY_PATHS)
         draft = mapping.company_draft(request.company)
-        draft = domain.normalize_company(draft, domain.top_level(paths))
+        draft = domain.normalize_company(draft, updates.top_level(paths))
         company = await store.update_company(
             self._pool, caller(), request.id, draft, paths, request.etag
         )
@@ -151,9 +134,9 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         self, request: contacts_pb2.ListCompaniesRequest, context: Ctx
     ) -> contacts_pb2.ListCompaniesResponse:
         size = paging.page_size(request.page_size)
-        updated_after = _time_filter(request, "updated_after")
+        updated_after = time_from_proto(request, "updated_after", "updated_after")
         fingerprint: dict[str, object] = {"updated_after": updated_after}
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         rows = await store.list_companies(
             self._pool, caller().tenant_id, updated_after, after, size + 1
         )
@@ -173,7 +156,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
             status=mapping.consent_status_from_proto(msg.status),
             legal_basis=mapping.legal_basis_from_proto(msg.legal_basis),
             source=msg.source,
-            time=_time_filter(msg, "time", "consent.time"),
+            time=time_from_proto(msg, "time", "consent.time"),
             now=datetime.now(UTC),
         )
         consent = await store.set_consent(self._pool, caller(), request.contact_id, fields)

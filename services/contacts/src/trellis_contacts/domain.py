@@ -12,14 +12,13 @@ import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from dataclasses import fields as dataclass_fields
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from crmkit import text
+from crmkit import contactinfo, customvalues, text
 from crmkit.errors import Invalid
-from crmkit.ids import canonical_uuid
+from crmkit.ids import reference
 
 Violation = tuple[str, str]
 
@@ -116,19 +115,7 @@ Company = Record[CompanyFields]
 
 # --- field rules ------------------------------------------------------------------------------
 
-# Close to the WHATWG rule for <input type=email>, plus a dot in the domain: a CRM wants
-# deliverable addresses, not every string RFC 5322 allows.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_TLD = r"[A-Za-z][A-Za-z0-9-]{0,61}[A-Za-z0-9]"  # two or more characters, starting with a letter
-# Used with fullmatch: `$` would let a trailing newline through.
-_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+{_TLD}")
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_PHONE_SEPARATORS = str.maketrans("", "", " -().")
-_DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_TLD}")  # matched after lower-casing
-_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-MAX_CUSTOM_STRING = 1000  # characters; Value has no proto option to carry the bound
 
 
 def email_key(email: str) -> str:
@@ -141,8 +128,8 @@ def _emails(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str
     result = []
     for i, raw in enumerate(values):
         email = raw.strip()
-        if not _EMAIL.fullmatch(email) or len(email.partition("@")[0]) > 64:
-            out.append((f"{path}[{i}]", "not a valid email address"))
+        if not contactinfo.is_email(email):
+            out.append((f"{path}[{i}]", contactinfo.NOT_AN_EMAIL))
         elif (first := seen.setdefault(email_key(email), i)) != i:
             out.append((f"{path}[{i}]", f"the same address as {path}[{first}]"))
         result.append(email)  # stored as given (trimmed); only the uniqueness key is lowered
@@ -152,56 +139,18 @@ def _emails(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str
 def _phones(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
     result: list[str] = []
     for i, raw in enumerate(values):
-        phone = raw.translate(_PHONE_SEPARATORS)
-        if not _E164.fullmatch(phone):
-            out.append((f"{path}[{i}]", "not an E.164 phone number, e.g. +14155550100"))
+        phone = contactinfo.phone_number(raw)
+        if not contactinfo.is_e164(phone):
+            out.append((f"{path}[{i}]", contactinfo.NOT_A_PHONE))
         elif phone in result:
             out.append((f"{path}[{i}]", f"the same number as {path}[{result.index(phone)}]"))
         result.append(phone)
     return tuple(result)
 
 
-def filter_text(value: str, path: str) -> str:
-    """A text filter of a list request, held to the rules of the text it is compared with."""
-    out: list[Violation] = []
-    value = text.one_line(value, path, out)
-    if out:
-        raise Invalid(out)
-    return value
-
-
-def _tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
-    result: list[str] = []
-    for i, raw in enumerate(values):
-        tag = text.one_line(raw, f"{path}[{i}]", out)
-        if not tag:
-            out.append((f"{path}[{i}]", "must not be empty"))
-        elif tag not in result:  # a repeated tag is harmless: keep the first
-            result.append(tag)
-    return tuple(result)
-
-
-def _company_ref(value: str, path: str, out: list[Violation]) -> str:
-    value = value.strip()
-    if not value:
-        return ""
-    ref = canonical_uuid(value)
-    if ref is None:
-        out.append((path, "no such company"))
-        return value
-    return ref
-
-
-def _required(value: str, path: str, out: list[Violation]) -> str:
-    value = text.one_line(value, path, out)
-    if not value:
-        out.append((path, "must not be empty"))
-    return value
-
-
 def _web_domain(value: str, path: str, out: list[Violation]) -> str:
     value = value.strip().lower()
-    if value and not _DOMAIN.fullmatch(value):
+    if value and not contactinfo.is_domain_name(value):
         out.append((path, "not a valid domain name, e.g. example.com"))
     return value
 
@@ -232,9 +181,9 @@ def normalize_contact(
             case "phones":
                 changes[name] = _phones(value, path, out)
             case "tags":
-                changes[name] = _tags(value, path, out)
+                changes[name] = text.tags(value, path, out)
             case "company_id":
-                changes[name] = _company_ref(value, path, out)
+                changes[name] = reference(value, path, out, "company")
     if out:
         raise Invalid(out)
     return replace(draft, **changes)
@@ -250,7 +199,7 @@ def normalize_company(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "name":
-                changes[name] = _required(value, path, out)
+                changes[name] = text.required(value, path, out)
             case "industry":
                 changes[name] = text.one_line(value, path, out)
             case "domain":
@@ -271,10 +220,7 @@ def _custom_value(value: object, definition: FieldDefinition) -> str | None:
         case FieldType.STRING:
             if not isinstance(value, str):
                 return "must be a string"
-            if len(value) > MAX_CUSTOM_STRING:
-                return f"longer than {MAX_CUSTOM_STRING} characters"
-            if "\x00" in value:  # PostgreSQL's jsonb cannot hold it; newlines are fine here
-                return "must not contain NUL characters"
+            return customvalues.string_problem(value)
         case FieldType.NUMBER:
             # bool is an int in Python, but true is not a number in JSON.
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -359,7 +305,7 @@ def new_field_definition(
     out: list[Violation] = []
     if object_type is None:
         out.append((f"{prefix}.object_type", "must be CONTACT or COMPANY"))
-    if not _FIELD_NAME.fullmatch(name):
+    if not customvalues.NAME.fullmatch(name):
         out.append(
             (
                 f"{prefix}.name",
@@ -462,77 +408,5 @@ def new_consent(
 # --- updates ----------------------------------------------------------------------------------
 
 OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
-CUSTOM = "custom_fields"
-
-
-def writable_paths(kind: type[Fields]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclass_fields(kind))
-
-
-def resolve_mask(paths: Iterable[str], writable: frozenset[str]) -> list[str]:
-    """The paths an update writes: field names or "custom_fields.<name>" for one custom field.
-
-    Output-only fields are dropped rather than refused (AIP-203), so a client may send back a
-    record it read. Anything else unknown is an error naming update_mask.
-    """
-    kept: list[str] = []
-    out: list[Violation] = []
-    for path in paths:
-        top, dot, key = path.partition(".")
-        if path in OUTPUT_ONLY:
-            continue
-        if (path in writable) or (top == CUSTOM and dot and key):
-            if path not in kept:
-                kept.append(path)
-        else:
-            out.append(("update_mask", f"unknown field {path!r}"))
-    if out:
-        raise Invalid(out)
-    return kept
-
-
-def top_level(paths: Iterable[str]) -> set[str]:
-    return {p.partition(".")[0] for p in paths}
-
-
-def merge(current: F, draft: F, paths: Iterable[str]) -> F:
-    """`current` with the masked fields taken from `draft`.
-
-    "custom_fields" replaces the whole map; "custom_fields.<name>" sets that one field from
-    the draft, or removes it when the draft does not carry it.
-    """
-    paths = list(paths)
-    changes: dict[str, Any] = {}
-    custom = dict(current.custom_fields)
-    if CUSTOM in paths:
-        custom = dict(draft.custom_fields)
-    for path in paths:
-        top, _, key = path.partition(".")
-        if key:
-            if key in draft.custom_fields:
-                custom[key] = draft.custom_fields[key]
-            else:
-                custom.pop(key, None)
-        elif top != CUSTOM:
-            changes[top] = getattr(draft, top)
-    return replace(current, **changes, custom_fields=custom)
-
-
-def _same(a: object, b: object) -> bool:
-    return type(a) is type(b) and a == b  # 1.0 == True in Python; not for a record
-
-
-def changed_fields(old: F, new: F) -> list[str]:
-    """The fields whose values differ, one "custom_fields.<name>" per changed custom field."""
-    changed: list[str] = []
-    for f in dataclass_fields(old):
-        if f.name == CUSTOM:
-            names = sorted(set(old.custom_fields) | set(new.custom_fields))
-            changed += [
-                f"{CUSTOM}.{n}"
-                for n in names
-                if not _same(old.custom_fields.get(n), new.custom_fields.get(n))
-            ]
-        elif getattr(old, f.name) != getattr(new, f.name):
-            changed.append(f.name)
-    return changed
+# A mask may name one custom field alone: "custom_fields.<name>".
+MAP_FIELDS = frozenset({"custom_fields"})

@@ -17,15 +17,14 @@ from typing import Any
 
 from google.protobuf.message import Message
 from psycopg import sql
-from psycopg.abc import Params, QueryNoTemplate
 from psycopg.types.json import Jsonb
 
 from crm.common.v1 import common_pb2
 from crm.contacts.v1 import contacts_pb2, events_pb2
-from crmkit import db, outbox
+from crmkit import db, outbox, updates
 from crmkit.context import Identity
-from crmkit.errors import Duplicate, Invalid, NotFound, StaleEtag
-from crmkit.ids import canonical_uuid, new_id
+from crmkit.errors import Duplicate, Invalid, NotFound, check_etag
+from crmkit.ids import known_id, new_id
 from trellis_contacts import domain, mapping
 from trellis_contacts.domain import (
     Company,
@@ -129,29 +128,11 @@ def _company_params(f: CompanyFields) -> dict[str, Any]:
     }
 
 
-def _known_id(kind: str, value: str) -> str:
-    # An id that cannot exist is simply not found: the same answer as another tenant's id.
-    found = canonical_uuid(value)
-    if found is None:
-        raise NotFound(kind, value)
-    return found
-
-
 # --- shared steps -----------------------------------------------------------------------------
 
 
-async def _one(conn: db.Conn, query: QueryNoTemplate, params: Params) -> dict[str, Any] | None:
-    cur = await conn.execute(query, params)
-    return await cur.fetchone()
-
-
-async def _all(conn: db.Conn, query: QueryNoTemplate, params: Params) -> list[dict[str, Any]]:
-    cur = await conn.execute(query, params)
-    return await cur.fetchall()
-
-
 async def _definitions(conn: db.Conn, tenant_id: str, kind: ObjectType) -> list[FieldDefinition]:
-    rows = await _all(
+    rows = await db.fetch_all(
         conn,
         sql.SQL(
             "SELECT object_type, name, type, options, label FROM field_definitions"
@@ -194,11 +175,6 @@ async def _event(
     )
 
 
-def _check_etag(kind: str, record: Record[Any], etag: str) -> None:
-    if etag and etag != record.etag:
-        raise StaleEtag(kind)
-
-
 async def _lock_company(conn: db.Conn, tenant_id: str, company_id: str) -> None:
     """Check that a contact's company exists and keep it so until the commit.
 
@@ -206,7 +182,7 @@ async def _lock_company(conn: db.Conn, tenant_id: str, company_id: str) -> None:
     contact row, keeps the lock order of a company's deletion (company, then its contacts),
     so the two cannot deadlock. A missing company is the caller's mistake, not a 500.
     """
-    row = await _one(
+    row = await db.fetch_one(
         conn,
         "SELECT 1 AS found FROM companies WHERE tenant_id = %s AND id = %s FOR KEY SHARE",
         (tenant_id, company_id),
@@ -245,7 +221,7 @@ RETURNING email_key
 
 
 async def _select_contact(conn: db.Conn, tenant_id: str, record_id: str, lock: str = "") -> Contact:
-    row = await _one(
+    row = await db.fetch_one(
         conn,
         sql.SQL("SELECT {columns} FROM contacts WHERE tenant_id = %s AND id = %s {lock}").format(
             columns=_CONTACT_COLUMNS, lock=sql.SQL(lock)
@@ -268,12 +244,14 @@ async def _claim_emails(conn: db.Conn, tenant_id: str, contact: Contact) -> None
     keys = [domain.email_key(e) for e in emails]
     if not keys:
         return
-    rows = await _all(conn, _CLAIM_EMAILS, {"tenant_id": tenant_id, "id": contact.id, "keys": keys})
+    rows = await db.fetch_all(
+        conn, _CLAIM_EMAILS, {"tenant_id": tenant_id, "id": contact.id, "keys": keys}
+    )
     claimed = {r["email_key"] for r in rows}
     for i, key in enumerate(keys):
         if key in claimed:
             continue
-        owner = await _one(
+        owner = await db.fetch_one(
             conn,
             "SELECT contact_id FROM contact_emails WHERE tenant_id = %s AND email_key = %s",
             (tenant_id, key),
@@ -296,7 +274,7 @@ async def create_contact(
         defs = await _definitions_for(conn, tenant_id, ObjectType.CONTACT, draft.custom_fields)
         fields = domain.finish_contact(draft, defs)
         params = {"tenant_id": tenant_id, "id": new_id(), **_contact_params(fields)}
-        row = await _one(conn, _INSERT_CONTACT, params)
+        row = await db.fetch_one(conn, _INSERT_CONTACT, params)
         assert row is not None  # INSERT ... RETURNING returns the row
         contact = _contact(row)
         await _claim_emails(conn, tenant_id, contact)
@@ -314,7 +292,7 @@ _GET_CONTACT = sql.SQL("SELECT {columns} FROM contacts WHERE tenant_id = %s AND 
 
 
 async def get_contact(pool: db.Pool, tenant_id: str, record_id: str) -> Contact:
-    known = _known_id("contact", record_id)
+    known = known_id("contact", record_id)
     rows = await db.tenant_read(pool, tenant_id, _GET_CONTACT, (tenant_id, known))
     if not rows:
         raise NotFound("contact", record_id)
@@ -331,21 +309,21 @@ async def update_contact(
 ) -> Contact:
     """Apply the masked fields of `draft`; a change that changes nothing writes nothing."""
     tenant_id = ident.tenant_id
-    known = _known_id("contact", record_id)
+    known = known_id("contact", record_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         if "company_id" in paths and draft.company_id:
             await _lock_company(conn, tenant_id, draft.company_id)
         # NO KEY UPDATE: enough to serialise writers of this contact, and it does not block
         # the key-share locks of foreign keys pointing at it.
         current = await _select_contact(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        _check_etag("contact", current, etag)
-        merged = domain.merge(current.fields, draft, paths)
+        check_etag("contact", current.etag, etag)
+        merged = updates.merge(current.fields, draft, paths)
         defs = await _definitions_for(conn, tenant_id, ObjectType.CONTACT, merged.custom_fields)
         fields = domain.finish_contact(merged, defs)
-        changed = domain.changed_fields(current.fields, fields)
+        changed = updates.changed_fields(current.fields, fields)
         if not changed:
             return current
-        row = await _one(
+        row = await db.fetch_one(
             conn, _UPDATE_CONTACT, {"tenant_id": tenant_id, "id": known, **_contact_params(fields)}
         )
         assert row is not None  # the row is locked: it is still there
@@ -367,12 +345,12 @@ async def update_contact(
 
 async def delete_contact(pool: db.Pool, ident: Identity, record_id: str, etag: str) -> None:
     tenant_id = ident.tenant_id
-    known = _known_id("contact", record_id)
+    known = known_id("contact", record_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_contact(conn, tenant_id, known, "FOR UPDATE")
-        _check_etag("contact", current, etag)
+        check_etag("contact", current.etag, etag)
         # contact_emails rows go with it (ON DELETE CASCADE).
-        row = await _one(
+        row = await db.fetch_one(
             conn,
             "DELETE FROM contacts WHERE tenant_id = %s AND id = %s RETURNING now() AS at",
             (tenant_id, known),
@@ -417,7 +395,7 @@ async def list_contacts(
         "SELECT {columns} FROM contacts WHERE {where} ORDER BY id DESC LIMIT %(limit)s"
     ).format(columns=_CONTACT_COLUMNS, where=sql.SQL(" AND ").join(where))
     async with db.tenant_tx(pool, tenant_id) as conn:
-        return [_contact(r) for r in await _all(conn, query, params)]
+        return [_contact(r) for r in await db.fetch_all(conn, query, params)]
 
 
 # --- companies --------------------------------------------------------------------------------
@@ -446,7 +424,7 @@ RETURNING {columns}
 
 
 async def _select_company(conn: db.Conn, tenant_id: str, record_id: str, lock: str = "") -> Company:
-    row = await _one(
+    row = await db.fetch_one(
         conn,
         sql.SQL("SELECT {columns} FROM companies WHERE tenant_id = %s AND id = %s {lock}").format(
             columns=_COMPANY_COLUMNS, lock=sql.SQL(lock)
@@ -464,7 +442,7 @@ async def create_company(pool: db.Pool, ident: Identity, draft: CompanyFields) -
         defs = await _definitions_for(conn, tenant_id, ObjectType.COMPANY, draft.custom_fields)
         fields = domain.finish_company(draft, defs)
         params = {"tenant_id": tenant_id, "id": new_id(), **_company_params(fields)}
-        row = await _one(conn, _INSERT_COMPANY, params)
+        row = await db.fetch_one(conn, _INSERT_COMPANY, params)
         assert row is not None
         company = _company(row)
         event = events_pb2.CompanyCreated(
@@ -476,7 +454,7 @@ async def create_company(pool: db.Pool, ident: Identity, draft: CompanyFields) -
 
 
 async def get_company(pool: db.Pool, tenant_id: str, record_id: str) -> Company:
-    known = _known_id("company", record_id)
+    known = known_id("company", record_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         return await _select_company(conn, tenant_id, known)
 
@@ -490,17 +468,17 @@ async def update_company(
     etag: str,
 ) -> Company:
     tenant_id = ident.tenant_id
-    known = _known_id("company", record_id)
+    known = known_id("company", record_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_company(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        _check_etag("company", current, etag)
-        merged = domain.merge(current.fields, draft, paths)
+        check_etag("company", current.etag, etag)
+        merged = updates.merge(current.fields, draft, paths)
         defs = await _definitions_for(conn, tenant_id, ObjectType.COMPANY, merged.custom_fields)
         fields = domain.finish_company(merged, defs)
-        changed = domain.changed_fields(current.fields, fields)
+        changed = updates.changed_fields(current.fields, fields)
         if not changed:
             return current
-        row = await _one(
+        row = await db.fetch_one(
             conn, _UPDATE_COMPANY, {"tenant_id": tenant_id, "id": known, **_company_params(fields)}
         )
         assert row is not None
@@ -517,14 +495,14 @@ async def update_company(
 async def delete_company(pool: db.Pool, ident: Identity, record_id: str, etag: str) -> None:
     """Delete a company; its contacts stay, without a company (each a contact.updated)."""
     tenant_id = ident.tenant_id
-    known = _known_id("company", record_id)
+    known = known_id("company", record_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         # FOR UPDATE conflicts with the key-share lock a contact's foreign key check takes, so
         # a contact being linked to this company concurrently either commits first (and is
         # detached below) or waits and then fails its check (no such company).
         current = await _select_company(conn, tenant_id, known, "FOR UPDATE")
-        _check_etag("company", current, etag)
-        for detached in await _all(conn, _DETACH_CONTACTS, (tenant_id, known)):
+        check_etag("company", current.etag, etag)
+        for detached in await db.fetch_all(conn, _DETACH_CONTACTS, (tenant_id, known)):
             contact = _contact(detached)
             event = events_pb2.ContactUpdated(
                 metadata=_metadata(ident, contact.update_time),
@@ -532,7 +510,7 @@ async def delete_company(pool: db.Pool, ident: Identity, record_id: str, etag: s
                 changed_fields=["company_id"],
             )
             await _event(conn, ident, contact.id, contact.version, event)
-        row = await _one(
+        row = await db.fetch_one(
             conn,
             "DELETE FROM companies WHERE tenant_id = %s AND id = %s RETURNING now() AS at",
             (tenant_id, known),
@@ -563,7 +541,7 @@ async def list_companies(
         "SELECT {columns} FROM companies WHERE {where} ORDER BY id DESC LIMIT %(limit)s"
     ).format(columns=_COMPANY_COLUMNS, where=sql.SQL(" AND ").join(where))
     async with db.tenant_tx(pool, tenant_id) as conn:
-        return [_company(r) for r in await _all(conn, query, params)]
+        return [_company(r) for r in await db.fetch_all(conn, query, params)]
 
 
 # --- field definitions ------------------------------------------------------------------------
@@ -573,7 +551,7 @@ async def create_field_definition(
     pool: db.Pool, tenant_id: str, definition: FieldDefinition
 ) -> FieldDefinition:
     async with db.tenant_tx(pool, tenant_id) as conn:
-        row = await _one(
+        row = await db.fetch_one(
             conn,
             """
             INSERT INTO field_definitions (tenant_id, object_type, name, type, options, label)
@@ -604,7 +582,7 @@ async def list_field_definitions(
     async with db.tenant_tx(pool, tenant_id) as conn:
         if kind is not None:
             return await _definitions(conn, tenant_id, kind)
-        rows = await _all(
+        rows = await db.fetch_all(
             conn,
             "SELECT object_type, name, type, options, label FROM field_definitions"
             " WHERE tenant_id = %s ORDER BY object_type, name",
@@ -658,12 +636,12 @@ async def set_consent(
 ) -> Consent:
     """Record a consent and its consent.changed event; the same values again write nothing."""
     tenant_id = ident.tenant_id
-    known = _known_id("contact", contact_id)
+    known = known_id("contact", contact_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         # KEY SHARE: the contact cannot be deleted under us, and writers of its other fields
         # are not held up.
         await _select_contact(conn, tenant_id, known, "FOR KEY SHARE")
-        row = await _one(
+        row = await db.fetch_one(
             conn,
             _SET_CONSENT,
             {
@@ -678,7 +656,7 @@ async def set_consent(
             },
         )
         if row is None:  # nothing changed
-            current = await _one(
+            current = await db.fetch_one(
                 conn,
                 sql.SQL(
                     "SELECT {columns} FROM consents"
@@ -701,10 +679,10 @@ async def list_consents(
     pool: db.Pool, tenant_id: str, contact_id: str, after: str | None, limit: int
 ) -> list[Consent]:
     """Up to `limit` of a contact's consents by purpose, after the purpose `after`."""
-    known = _known_id("contact", contact_id)
+    known = known_id("contact", contact_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _select_contact(conn, tenant_id, known)
-        rows = await _all(
+        rows = await db.fetch_all(
             conn,
             sql.SQL(
                 "SELECT {columns} FROM consents WHERE tenant_id = %(tenant_id)s"

@@ -6,20 +6,15 @@ in tenants of its own, which row-level security keeps apart, so tests do not see
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2_grpc
-from crmkit import migrations
-from crmkit.service import serve
 from trellis_contacts.app import DEFINITION
+from trellis_devstack import testing
 from trellis_devstack.infra import Nats, Postgres
-from trellis_devstack.probes import wait_for_health
 
 from .support import Running, Tenant, settings_for
 
@@ -27,27 +22,19 @@ from .support import Running, Tenant, settings_for
 @pytest.fixture(scope="session")
 async def service(postgres: Postgres, nats_server: Nats) -> AsyncIterator[Running]:
     name = f"contacts_{uuid.uuid4().hex[:8]}"
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, DEFINITION.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, DEFINITION, name)
     settings = settings_for(app_url, nats_server.url)
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(DEFINITION, settings, stop))
-    address = f"127.0.0.1:{settings.grpc_port}"
-    channel = grpc.aio.insecure_channel(address)
     try:
-        await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
-        yield Running(
-            address=address,
-            channel=channel,
-            stub=contacts_pb2_grpc.ContactsServiceStub(channel),
-            admin_url=postgres.url(name),
-            app_url=app_url,
-            app_role=f"{name}_app",
-        )
+        async with testing.served(DEFINITION, settings) as served:
+            yield Running(
+                address=served.address,
+                channel=served.channel,
+                stub=contacts_pb2_grpc.ContactsServiceStub(served.channel),
+                admin_url=postgres.url(name),
+                app_url=app_url,
+                app_role=f"{name}_app",
+            )
     finally:
-        stop.set()
-        await task
-        await channel.close()
         postgres.drop_database(name)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +12,8 @@ import psycopg
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crmkit import auth
-from crmkit.context import Identity
 from trellis_contacts.config import ContactsSettings
-from trellis_devstack.infra import free_port
+from trellis_devstack import testing
 
 KEY = auth.SigningKey.generate("gateway-test")
 READ_WRITE = ("contacts:read", "contacts:write")
@@ -22,18 +21,7 @@ READ_WRITE = ("contacts:read", "contacts:write")
 
 def settings_for(app_url: str, nats_url: str) -> ContactsSettings:
     return ContactsSettings.model_validate(
-        {
-            "database_url": app_url,
-            "bind_host": "127.0.0.1",
-            "grpc_port": free_port(),
-            "metrics_port": 0,
-            "db_pool_min": 1,
-            "db_pool_max": 10,
-            "shutdown_grace_seconds": 2,
-            # These two have platform-wide names (no CONTACTS_ prefix).
-            "NATS_URL": nats_url,
-            "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
-        }
+        {**testing.service_settings(nats_url, KEY), "database_url": app_url}
     )
 
 
@@ -49,23 +37,10 @@ class Running:
     app_role: str
 
     async def count(self, table: str, tenant_id: str) -> int:
-        async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
-            cur = await conn.execute(
-                psycopg.sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
-                    psycopg.sql.Identifier(table)
-                ),
-                (tenant_id,),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            return int(row[0])
+        return await testing.count_rows(self.admin_url, table, tenant_id)
 
     async def outbox_types(self, tenant_id: str) -> list[str]:
-        async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
-            cur = await conn.execute(
-                "SELECT ce_type FROM outbox WHERE tenant_id = %s ORDER BY seq", (tenant_id,)
-            )
-            return [r[0] for r in await cur.fetchall()]
+        return await testing.outbox_types(self.admin_url, tenant_id)
 
     async def outbox_data(self, tenant_id: str) -> list[bytes]:
         async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
@@ -76,7 +51,7 @@ class Running:
 
 
 def token(tenant_id: str, scopes: Iterable[str] = READ_WRITE, principal: str = "key-1") -> str:
-    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), KEY, ttl_seconds=120)
+    return testing.mint(KEY, tenant_id, scopes, principal)
 
 
 @dataclass
@@ -87,15 +62,6 @@ class Tenant:
 
     def md(self, *scopes: str, principal: str = "key-1") -> tuple[tuple[str, str]]:
         return ((auth.METADATA_KEY, token(self.id, scopes or READ_WRITE, principal)),)
-
-
-async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    """The error a call fails with (and a test failure if it succeeds)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    raise AssertionError("the call succeeded")
 
 
 async def create_contact(service: Running, tenant: Tenant, **fields: Any) -> contacts_pb2.Contact:

@@ -16,8 +16,9 @@ from crm.contacts.v1 import contacts_pb2
 from crmkit import paging
 from crmkit.errors import violations_of
 from trellis_contacts.store import ContactFilter
+from trellis_devstack.testing import failure
 
-from .support import Running, Tenant, create_company, create_contact, define_field, failure
+from .support import Running, Tenant, create_company, create_contact, define_field
 
 C = contacts_pb2
 GOOD_ID = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"  # well-formed, but no such record

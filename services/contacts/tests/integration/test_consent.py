@@ -13,8 +13,9 @@ import pytest
 
 from crm.contacts.v1 import contacts_pb2
 from crmkit.errors import violations_of
+from trellis_devstack.testing import failure
 
-from .support import Running, Tenant, create_contact, failure
+from .support import Running, Tenant, create_contact
 
 GRANTED = contacts_pb2.CONSENT_STATUS_GRANTED
 WITHDRAWN = contacts_pb2.CONSENT_STATUS_WITHDRAWN

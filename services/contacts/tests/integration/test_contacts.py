@@ -6,8 +6,9 @@ import grpc
 from google.protobuf import struct_pb2
 
 from crm.contacts.v1 import contacts_pb2
+from trellis_devstack.testing import failure
 
-from .support import Running, Tenant, create_contact, define_field, events, failure
+from .support import Running, Tenant, create_contact, define_field, events
 
 CONTACT = "crm.contacts.contact"
 

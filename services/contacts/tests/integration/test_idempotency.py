@@ -11,8 +11,9 @@ from grpc_status import rpc_status
 
 from crm.contacts.v1 import contacts_pb2
 from crmkit import idempotency
+from trellis_devstack.testing import failure
 
-from .support import Running, Tenant, failure
+from .support import Running, Tenant
 
 
 def create(**fields: object) -> contacts_pb2.CreateContactRequest:

@@ -8,8 +8,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.contacts.v1 import contacts_pb2
 from crmkit.errors import violations_of
+from trellis_devstack.testing import failure
 
-from .support import Running, Tenant, create_company, create_contact, define_field, failure
+from .support import Running, Tenant, create_company, create_contact, define_field
 
 
 async def list_all(

@@ -12,8 +12,9 @@ import pytest
 from crm.contacts.v1 import contacts_pb2
 from crmkit import auth
 from crmkit.context import Identity
+from trellis_devstack.testing import failure
 
-from .support import KEY, Running, Tenant, create_company, create_contact, failure
+from .support import KEY, Running, Tenant, create_company, create_contact
 
 
 async def test_another_tenant_gets_not_found_and_empty_lists(

@@ -8,8 +8,9 @@ import grpc
 
 from crm.contacts.v1 import contacts_pb2
 from crmkit.errors import violations_of
+from trellis_devstack.testing import failure
 
-from .support import Running, Tenant, create_contact, define_field, failure
+from .support import Running, Tenant, create_contact, define_field
 
 
 async def test_a_taken_address_names_its_contact(service: Running, tenant: Tenant) -> None:

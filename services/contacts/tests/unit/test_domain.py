@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from crmkit import text, updates
 from crmkit.errors import Invalid
 from trellis_contacts import domain
 from trellis_contacts.domain import (
@@ -16,8 +17,13 @@ from trellis_contacts.domain import (
     ObjectType,
 )
 
-ALL_CONTACT = domain.writable_paths(ContactFields)
-ALL_COMPANY = domain.writable_paths(CompanyFields)
+ALL_CONTACT = updates.writable_paths(ContactFields)
+ALL_COMPANY = updates.writable_paths(CompanyFields)
+
+
+def resolve_mask(paths: list[str], writable: frozenset[str]) -> list[str]:
+    return updates.resolve_mask(paths, writable, domain.OUTPUT_ONLY, domain.MAP_FIELDS)
+
 
 DEFS = [
     FieldDefinition(ObjectType.CONTACT, "tier", FieldType.ENUM, ("gold", "silver")),
@@ -110,7 +116,7 @@ def test_text_fields_refuse_control_characters(bad: str) -> None:
         "contact.tags[0]",
     ]
     with pytest.raises(Invalid) as exc:
-        domain.filter_text(bad, "tag")
+        text.filter_text(bad, "tag")
     assert fields_of(exc) == ["tag"]
 
 
@@ -259,15 +265,15 @@ def test_field_definition_types_and_options() -> None:
 
 
 def test_masks_drop_output_only_fields_and_refuse_unknown_ones() -> None:
-    assert domain.resolve_mask(
+    assert resolve_mask(
         ["first_name", "id", "etag", "version", "custom_fields.tier", "first_name"], ALL_CONTACT
     ) == ["first_name", "custom_fields.tier"]
     for bad in ("nickname", "custom_fields.", "emails.0", "First_Name"):
         with pytest.raises(Invalid) as exc:
-            domain.resolve_mask(["first_name", bad], ALL_CONTACT)
+            resolve_mask(["first_name", bad], ALL_CONTACT)
         assert fields_of(exc) == ["update_mask"]
     with pytest.raises(Invalid):
-        domain.resolve_mask(["lifecycle_stage"], ALL_COMPANY)
+        resolve_mask(["lifecycle_stage"], ALL_COMPANY)
 
 
 def test_merge_takes_only_the_masked_fields() -> None:
@@ -275,21 +281,21 @@ def test_merge_takes_only_the_masked_fields() -> None:
         first_name="Ada", last_name="Lovelace", custom_fields={"tier": "gold", "score": 1.0}
     )
     draft = ContactFields(first_name="Augusta", last_name="", custom_fields={"score": 2.0})
-    merged = domain.merge(
+    merged = updates.merge(
         current, draft, ["last_name", "custom_fields.score", "custom_fields.tier"]
     )
     assert merged == ContactFields(first_name="Ada", last_name="", custom_fields={"score": 2.0})
-    whole = domain.merge(current, draft, ["custom_fields"])
+    whole = updates.merge(current, draft, ["custom_fields"])
     assert whole.custom_fields == {"score": 2.0}
 
 
 def test_changed_fields_name_custom_fields_one_by_one() -> None:
     old = ContactFields(first_name="Ada", tags=("a",), custom_fields={"x": 1.0, "y": "k"})
     new = ContactFields(first_name="Ada", tags=("a", "b"), custom_fields={"x": True, "z": "n"})
-    assert domain.changed_fields(old, new) == [
+    assert updates.changed_fields(old, new) == [
         "tags",
         "custom_fields.x",
         "custom_fields.y",
         "custom_fields.z",
     ]
-    assert domain.changed_fields(old, old) == []
+    assert updates.changed_fields(old, old) == []

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from crmkit import auth, client, contract, idempotency, telemetry
+from crmkit import auth, client, contract, telemetry
 from crmkit.context import Identity
 from crmkit.errors import ServiceError, from_rpc_error
 
@@ -78,8 +78,8 @@ class Backend:
 
 class Dispatcher:
     def __init__(self) -> None:
-        # OpenTelemetry's client interceptor, with a span per call, only when spans are
-        # recorded; otherwise `call` passes the trace context on itself.
+        # The backends' channels (crmkit.client.channel) make a span per call only when spans
+        # are recorded; otherwise `call` passes the trace context on itself.
         self._traced = telemetry.recording()
         self._local: dict[str, LocalHandler] = {}
         self._stubs: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
@@ -132,18 +132,9 @@ class Dispatcher:
                 request_serializer=_serialize,
                 response_deserializer=response_class.FromString,
             )
-        metadata = [
-            (auth.METADATA_KEY, backend.tokens.token(identity)),
-            ("x-request-id", request_id),
-        ]
-        if idempotency_key:
-            # The owning service records it with the write: a retry after a lost answer
-            # returns the first result instead of writing twice.
-            metadata.append((idempotency.METADATA_KEY, idempotency_key))
-        if not self._traced:
-            carrier: dict[str, str] = {}
-            telemetry.inject_into(carrier)
-            metadata.extend(carrier.items())
+        metadata = client.call_metadata(
+            backend.tokens.token(identity), request_id, idempotency_key, self._traced
+        )
         try:
             response: Message = await stub(request, metadata=metadata, timeout=backend.timeout)
         except grpc.aio.AioRpcError as err:

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from crmkit import db, migrations
+from crmkit import db
+from trellis_devstack import testing
 from trellis_devstack.infra import Postgres
 from trellis_gateway.app import DEFINITION
 
@@ -17,8 +18,7 @@ from .support import FakeContacts, GatewayDb, Harness, ManualClock, harness
 @pytest.fixture
 async def gateway_db(postgres: Postgres) -> AsyncIterator[GatewayDb]:
     name = f"gw_{uuid.uuid4().hex[:12]}"
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, DEFINITION.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, DEFINITION, name)
     yield GatewayDb(name, app_url, postgres.url(name))
     postgres.drop_database(name)
 

@@ -4,9 +4,7 @@ failures, and each backend's health as the backend reports it."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,6 +25,7 @@ from crmkit.errors import (
     StaleEtag,
     Unavailable,
 )
+from trellis_devstack.testing import eventually
 from trellis_gateway.dispatch import BackendHealth, BadGateway
 
 from .support import FakeContacts, GatewayDb, Harness, ManualClock, answers, fails_with, harness
@@ -34,14 +33,6 @@ from .support import FakeContacts, GatewayDb, Harness, ManualClock, answers, fai
 CONTACT_ID = "01900000-0000-7000-8000-000000000001"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -170,14 +161,14 @@ async def test_backend_health_is_watched_and_mirrored_under_its_service_names(
 
     try:
         await contacts.health.set("", NOT_SERVING)
-        await eventually(lambda: reported(NOT_SERVING), "NOT_SERVING at first")
+        await eventually(lambda: reported(NOT_SERVING), "NOT_SERVING at first", within=30)
         await contacts.health.set("", SERVING)
-        await eventually(lambda: reported(SERVING), "SERVING once the backend is")
+        await eventually(lambda: reported(SERVING), "SERVING once the backend is", within=30)
         await contacts.stop()
-        await eventually(lambda: reported(NOT_SERVING), "NOT_SERVING once it stops")
+        await eventually(lambda: reported(NOT_SERVING), "NOT_SERVING once it stops", within=30)
         await contacts.start()
         await contacts.health.set("", SERVING)
-        await eventually(lambda: reported(SERVING), "SERVING once it is back")
+        await eventually(lambda: reported(SERVING), "SERVING once it is back", within=30)
     finally:
         await watcher.stop()
         await running

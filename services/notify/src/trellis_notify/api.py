@@ -7,7 +7,7 @@ limits, and turns domain errors into statuses; each handler is its use case only
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -16,10 +16,11 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
-from crmkit import db, paging
+from crmkit import db, paging, updates
 from crmkit.context import caller
 from crmkit.errors import Invalid, NotFound, invalid_field
 from crmkit.ids import canonical_uuid
+from crmkit.protomap import time_from_proto
 from trellis_notify import (
     audience,
     campaigns,
@@ -40,35 +41,15 @@ from trellis_notify.unsubscribe import Links
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def _mask(update_mask: Sequence[str], record: Message) -> list[str]:
-    # An empty mask means "every field set in the message" (proto3: every non-default field).
-    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    return domain.resolve_mask(paths)
-
-
-def _fields_mask(
+def _mask(
     update_mask: Sequence[str], record: Message, writable: frozenset[str], output: frozenset[str]
 ) -> list[str]:
-    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    unknown = [p for p in paths if p not in writable | output]
-    if unknown:
-        raise Invalid([("update_mask", f"unknown field {p!r}") for p in unknown])
-    return [p for p in dict.fromkeys(paths) if p in writable]
+    return updates.resolve_mask(updates.requested_paths(update_mask, record), writable, output)
 
 
 def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
     found: dict[str, Any] = json_format.MessageToDict(value)
     return found
-
-
-def _after_id(token: str, filters: dict[str, object]) -> str | None:
-    after = paging.decode_page_token(token, filters, arity=1)
-    if after is None:
-        return None
-    after_id = canonical_uuid(str(after[0]))
-    if after_id is None:
-        raise invalid_field("page_token", "malformed page token")
-    return after_id
 
 
 class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
@@ -113,7 +94,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListWebhooksResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await store.list_webhooks(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.webhook_to_proto(w) for w in rows], size, lambda w: [w.id], filters
@@ -123,7 +104,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateWebhook(
         self, request: notify_pb2.UpdateWebhookRequest, context: Ctx
     ) -> notify_pb2.Webhook:
-        paths = _mask(request.update_mask, request.webhook)
+        paths = _mask(request.update_mask, request.webhook, domain.WRITABLE, domain.OUTPUT_ONLY)
         draft = domain.normalize_webhook(
             mapping.webhook_draft(request.webhook), paths, self._settings.webhook_allow_private
         )
@@ -162,12 +143,9 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         self, request: notify_pb2.ReplayWebhookRequest, context: Ctx
     ) -> notify_pb2.ReplayWebhookResponse:
         tenant_id = caller().tenant_id
-        if not request.HasField("start_time"):
+        start = time_from_proto(request, "start_time", "start_time")
+        if start is None:
             raise invalid_field("start_time", "required: events after this time are sent again")
-        try:
-            start = request.start_time.ToDatetime(UTC)
-        except ValueError:
-            raise invalid_field("start_time", "not a valid time") from None
         webhook = await store.get_webhook(self._pool, tenant_id, request.id)
         found = await replay.matching_events(
             self._js,
@@ -192,7 +170,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         size = paging.page_size(request.page_size)
         status = mapping.status_from_proto(request.status, "status")
         filters: dict[str, object] = {"webhook_id": request.webhook_id, "status": status}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await store.list_deliveries(
             self._pool, caller().tenant_id, request.webhook_id, status, after, size + 1
         )
@@ -281,7 +259,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListTemplatesResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await mail_store.list_templates(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.template_to_proto(t) for t in rows], size, lambda t: [t.id], filters
@@ -291,7 +269,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateTemplate(
         self, request: notify_pb2.UpdateTemplateRequest, context: Ctx
     ) -> notify_pb2.Template:
-        paths = _fields_mask(
+        paths = _mask(
             request.update_mask, request.template, templates.WRITABLE, templates.OUTPUT_ONLY
         )
         draft = templates.normalize(mapping.template_draft(request.template), paths)
@@ -377,7 +355,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         status = mapping.email_status_from_proto(request.status, "status")
         origin = request.origin.strip()
         filters: dict[str, object] = {"origin": origin, "status": status}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await mail_store.list_emails(
             self._pool, caller().tenant_id, origin, status, after, size + 1
         )
@@ -405,7 +383,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListRulesResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await rule_store.list_rules(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.rule_to_proto(r) for r in rows], size, lambda r: [r.id], filters
@@ -415,7 +393,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateRule(
         self, request: notify_pb2.UpdateRuleRequest, context: Ctx
     ) -> notify_pb2.Rule:
-        paths = _fields_mask(request.update_mask, request.rule, rules.WRITABLE, rules.OUTPUT_ONLY)
+        paths = _mask(request.update_mask, request.rule, rules.WRITABLE, rules.OUTPUT_ONLY)
         draft = rules.normalize(mapping.rule_draft(request.rule), paths)
         updated = await rule_store.update_rule(
             self._pool, caller().tenant_id, request.id, draft, paths, request.etag
@@ -434,12 +412,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         self, request: notify_pb2.CreateCampaignRequest, context: Ctx
     ) -> notify_pb2.Campaign:
         msg = request.campaign
-        schedule = None
-        if msg.HasField("schedule_time"):
-            try:
-                schedule = msg.schedule_time.ToDatetime(UTC)
-            except ValueError:
-                raise invalid_field("campaign.schedule_time", "not a valid time") from None
+        schedule = time_from_proto(msg, "schedule_time", "campaign.schedule_time")
         fields = campaigns.new_campaign(
             name=msg.name,
             template_id=msg.template_id,
@@ -462,7 +435,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListCampaignsResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await campaigns.list_campaigns(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.campaign_to_proto(c) for c in rows], size, lambda c: [c.id], filters
@@ -492,7 +465,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     ) -> notify_pb2.ListCampaignRecipientsResponse:
         size = paging.page_size(request.page_size)
         filters: dict[str, object] = {"campaign_id": request.campaign_id}
-        after = _after_id(request.page_token, filters)
+        after = paging.after_id(request.page_token, filters)
         rows = await campaigns.recipients(
             self._pool, caller().tenant_id, request.campaign_id, after, size + 1
         )

@@ -27,7 +27,7 @@ from crmkit import db
 from crmkit.client import Callee
 from crmkit.errors import FailedPrecondition, Invalid, NotFound, ServiceError
 from crmkit.ids import canonical_uuid, new_id
-from crmkit.text import one_line
+from crmkit.text import one_line, required
 from trellis_notify import audience, mail_store
 from trellis_notify.queue import Clock
 from trellis_notify.templates import Values
@@ -107,9 +107,7 @@ def new_campaign(
     prefix: str = "campaign",
 ) -> CampaignFields:
     out: list[tuple[str, str]] = []
-    name = one_line(name, f"{prefix}.name", out)
-    if not name:
-        out.append((f"{prefix}.name", "must not be empty"))
+    name = required(name, f"{prefix}.name", out)
     template = canonical_uuid(template_id.strip())
     if template is None:
         out.append((f"{prefix}.template_id", "no such template"))

@@ -71,14 +71,6 @@ OUTPUT_ONLY = frozenset(
 )
 
 
-def resolve_mask(paths: Collection[str]) -> list[str]:
-    """The fields an update writes; output-only ones are dropped (AIP-203), others refused."""
-    unknown = [p for p in paths if p not in WRITABLE and p not in OUTPUT_ONLY]
-    if unknown:
-        raise Invalid([("update_mask", f"unknown field {p!r}") for p in unknown])
-    return [p for p in dict.fromkeys(paths) if p in WRITABLE]
-
-
 def normalize_webhook(
     draft: WebhookFields, paths: Collection[str], allow_private: bool, prefix: str = "webhook"
 ) -> WebhookFields:

@@ -16,9 +16,9 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from crmkit import db
-from crmkit.errors import NotFound, StaleEtag
-from crmkit.ids import canonical_uuid, new_id
+from crmkit import db, updates
+from crmkit.errors import NotFound, check_etag
+from crmkit.ids import known_id, new_id
 from trellis_notify import audience, templates
 from trellis_notify.templates import Content, Template, TemplateFields, Values
 from trellis_notify.unsubscribe import Links
@@ -47,13 +47,6 @@ class Email:
     origin: str
     create_time: datetime
     send_time: datetime | None
-
-
-def _known_id(kind: str, value: str) -> str:
-    found = canonical_uuid(value)
-    if found is None:
-        raise NotFound(kind, value)
-    return found
 
 
 def _template(row: dict[str, Any]) -> Template:
@@ -105,7 +98,7 @@ def _contents(fields: TemplateFields) -> Jsonb:
 async def select_template(
     conn: db.Conn, tenant_id: str, template_id: str, lock: str = ""
 ) -> Template:
-    known = _known_id("template", template_id)
+    known = known_id("template", template_id)
     cur = await conn.execute(
         sql.SQL("SELECT {columns} FROM templates WHERE tenant_id = %s AND id = %s {lock}").format(
             columns=_TEMPLATE_COLUMNS, lock=sql.SQL(lock)
@@ -169,11 +162,8 @@ async def update_template(
 ) -> Template:
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select_template(conn, tenant_id, template_id, "FOR NO KEY UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("template")
-        merged = TemplateFields(
-            **{n: getattr(draft if n in paths else current.fields, n) for n in templates.WRITABLE}
-        )
+        check_etag("template", current.etag, etag)
+        merged = updates.merge(current.fields, draft, paths)
         fields = templates.finish(merged)
         if fields == current.fields:
             return current
@@ -200,8 +190,7 @@ async def update_template(
 async def delete_template(pool: db.Pool, tenant_id: str, template_id: str, etag: str) -> None:
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select_template(conn, tenant_id, template_id, "FOR UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("template")
+        check_etag("template", current.etag, etag)
         await conn.execute(
             "DELETE FROM templates WHERE tenant_id = %s AND id = %s", (tenant_id, current.id)
         )
@@ -279,7 +268,7 @@ async def enqueue(
 
 
 async def get_email(pool: db.Pool, tenant_id: str, email_id: str) -> Email:
-    known = _known_id("email", email_id)
+    known = known_id("email", email_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         cur = await conn.execute(
             sql.SQL("SELECT {columns} FROM emails WHERE tenant_id = %s AND id = %s").format(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
-
-from google.protobuf import timestamp_pb2
 
 from crm.notify.v1 import notify_pb2
 from crmkit.errors import Invalid
+from crmkit.protomap import stamp
 from trellis_notify import campaigns, rules, templates
 from trellis_notify.audience import Suppression
 from trellis_notify.domain import Webhook, WebhookFields
@@ -28,11 +26,6 @@ _STATUS_FROM_PROTO: dict[int, str] = {
     notify_pb2.DELIVERY_STATUS_FAILED: "failed",
     notify_pb2.DELIVERY_STATUS_DEAD_LETTERED: "dead",
 }
-
-
-def _stamp(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:
-    if value is not None:
-        target.FromDatetime(value)
 
 
 def webhook_draft(msg: notify_pb2.Webhook) -> WebhookFields:
@@ -58,9 +51,9 @@ def webhook_to_proto(webhook: Webhook, *, with_secret: bool = False) -> notify_p
         etag=webhook.etag,
     )
     if webhook.previous_secret:
-        _stamp(msg.previous_secret_expire_time, webhook.previous_secret_expires_at)
-    _stamp(msg.create_time, webhook.create_time)
-    _stamp(msg.update_time, webhook.update_time)
+        stamp(msg.previous_secret_expire_time, webhook.previous_secret_expires_at)
+    stamp(msg.create_time, webhook.create_time)
+    stamp(msg.update_time, webhook.update_time)
     return msg
 
 
@@ -82,7 +75,7 @@ def _attempt_to_proto(attempt: Attempt) -> notify_pb2.WebhookAttempt:
         latency_ms=attempt.latency_ms,
         response_snippet=attempt.response_snippet,
     )
-    _stamp(msg.time, attempt.time)
+    stamp(msg.time, attempt.time)
     return msg
 
 
@@ -99,9 +92,9 @@ def delivery_to_proto(delivery: Delivery) -> notify_pb2.WebhookDelivery:
         attempts=[_attempt_to_proto(a) for a in delivery.log],
     )
     if delivery.status in ("pending", "sending"):
-        _stamp(msg.next_attempt_time, delivery.next_attempt_at)
-    _stamp(msg.create_time, delivery.create_time)
-    _stamp(msg.deliver_time, delivery.deliver_time)
+        stamp(msg.next_attempt_time, delivery.next_attempt_at)
+    stamp(msg.create_time, delivery.create_time)
+    stamp(msg.deliver_time, delivery.deliver_time)
     return msg
 
 
@@ -116,7 +109,7 @@ def suppression_to_proto(entry: Suppression) -> notify_pb2.Suppression:
     msg = notify_pb2.Suppression(
         email=entry.email, purpose=entry.purpose, reason=_REASONS[entry.reason], detail=entry.detail
     )
-    _stamp(msg.create_time, entry.create_time)
+    stamp(msg.create_time, entry.create_time)
     return msg
 
 
@@ -145,8 +138,8 @@ def template_to_proto(template: templates.Template) -> notify_pb2.Template:
         version=template.version,
         etag=template.etag,
     )
-    _stamp(msg.create_time, template.create_time)
-    _stamp(msg.update_time, template.update_time)
+    stamp(msg.create_time, template.create_time)
+    stamp(msg.update_time, template.update_time)
     return msg
 
 
@@ -186,8 +179,8 @@ def email_to_proto(email: Email) -> notify_pb2.Email:
         attempt_count=email.attempts,
         origin=email.origin,
     )
-    _stamp(msg.create_time, email.create_time)
-    _stamp(msg.send_time, email.send_time)
+    stamp(msg.create_time, email.create_time)
+    stamp(msg.send_time, email.send_time)
     return msg
 
 
@@ -261,8 +254,8 @@ def rule_to_proto(rule: rules.Rule) -> notify_pb2.Rule:
         version=rule.version,
         etag=rule.etag,
     )
-    _stamp(msg.create_time, rule.create_time)
-    _stamp(msg.update_time, rule.update_time)
+    stamp(msg.create_time, rule.create_time)
+    stamp(msg.update_time, rule.update_time)
     return msg
 
 
@@ -304,9 +297,9 @@ def campaign_to_proto(campaign: campaigns.Campaign) -> notify_pb2.Campaign:
         error=campaign.error,
         version=campaign.version,
     )
-    _stamp(msg.schedule_time, f.schedule_time)
-    _stamp(msg.create_time, campaign.create_time)
-    _stamp(msg.update_time, campaign.update_time)
+    stamp(msg.schedule_time, f.schedule_time)
+    stamp(msg.create_time, campaign.create_time)
+    stamp(msg.update_time, campaign.update_time)
     return msg
 
 

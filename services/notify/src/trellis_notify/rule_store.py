@@ -17,9 +17,9 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from crmkit import db
+from crmkit import db, updates
 from crmkit.consumer import Event, Handler
-from crmkit.errors import Invalid, NotFound, StaleEtag
+from crmkit.errors import Invalid, NotFound, check_etag
 from crmkit.ids import canonical_uuid, new_id
 from trellis_notify import audience, cloudevent, mail_store, rules, store
 from trellis_notify.queue import Clock
@@ -146,11 +146,8 @@ async def update_rule(
 ) -> Rule:
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, rule_id, "FOR NO KEY UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("rule")
-        fields = RuleFields(
-            **{n: getattr(draft if n in paths else current.fields, n) for n in rules.WRITABLE}
-        )
+        check_etag("rule", current.etag, etag)
+        fields = updates.merge(current.fields, draft, paths)
         if fields == current.fields:
             return current
         if "action" in paths:
@@ -180,8 +177,7 @@ async def update_rule(
 async def delete_rule(pool: db.Pool, tenant_id: str, rule_id: str, etag: str) -> None:
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, rule_id, "FOR UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("rule")
+        check_etag("rule", current.etag, etag)
         await conn.execute(
             "DELETE FROM rules WHERE tenant_id = %s AND id = %s", (tenant_id, current.id)
         )

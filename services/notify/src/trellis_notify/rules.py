@@ -86,10 +86,7 @@ def normalize(
     out: list[Violation] = []
     changes: dict[str, Any] = {}
     if "name" in paths:
-        name = text.one_line(draft.name, f"{prefix}.name", out)
-        if not name:
-            out.append((f"{prefix}.name", "must not be empty"))
-        changes["name"] = name
+        changes["name"] = text.required(draft.name, f"{prefix}.name", out)
     if "event_type" in paths:
         changes["event_type"] = domain.pattern(draft.event_type, f"{prefix}.event_type", out)
     if "conditions" in paths:

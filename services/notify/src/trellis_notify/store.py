@@ -14,12 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql
-from psycopg.abc import Params, QueryNoTemplate
 
-from crmkit import db
+from crmkit import db, updates
 from crmkit.consumer import Event
-from crmkit.errors import FailedPrecondition, NotFound, StaleEtag
-from crmkit.ids import canonical_uuid, new_id
+from crmkit.errors import FailedPrecondition, NotFound, check_etag
+from crmkit.ids import known_id, new_id
 from trellis_notify import cloudevent, domain
 from trellis_notify.domain import Answer, Verdict, Webhook, WebhookFields
 
@@ -85,24 +84,6 @@ class Claimed:
     webhook: Webhook
 
 
-async def _one(conn: db.Conn, query: QueryNoTemplate, params: Params) -> dict[str, Any] | None:
-    cur = await conn.execute(query, params)
-    return await cur.fetchone()
-
-
-async def _all(conn: db.Conn, query: QueryNoTemplate, params: Params) -> list[dict[str, Any]]:
-    cur = await conn.execute(query, params)
-    return await cur.fetchall()
-
-
-def _known_id(kind: str, value: str) -> str:
-    # An id that cannot exist is simply not found: the same answer as another tenant's id.
-    found = canonical_uuid(value)
-    if found is None:
-        raise NotFound(kind, value)
-    return found
-
-
 def _webhook(row: dict[str, Any]) -> Webhook:
     return Webhook(
         id=str(row["id"]),
@@ -157,7 +138,7 @@ def _attempt(row: dict[str, Any]) -> Attempt:
 async def _select_webhook(
     conn: db.Conn, tenant_id: str, webhook_id: str, lock: str = ""
 ) -> Webhook:
-    row = await _one(
+    row = await db.fetch_one(
         conn,
         sql.SQL("SELECT {columns} FROM webhooks WHERE tenant_id = %s AND id = %s {lock}").format(
             columns=_WEBHOOK_COLUMNS, lock=sql.SQL(lock)
@@ -173,7 +154,7 @@ async def create_webhook(
     pool: db.Pool, tenant_id: str, fields: WebhookFields, secret: str
 ) -> Webhook:
     async with db.tenant_tx(pool, tenant_id) as conn:
-        row = await _one(
+        row = await db.fetch_one(
             conn,
             sql.SQL(
                 "INSERT INTO webhooks (tenant_id, id, url, description, event_types, disabled,"
@@ -194,7 +175,7 @@ async def create_webhook(
 
 
 async def get_webhook(pool: db.Pool, tenant_id: str, webhook_id: str) -> Webhook:
-    known = _known_id("webhook", webhook_id)
+    known = known_id("webhook", webhook_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         return await _select_webhook(conn, tenant_id, known)
 
@@ -210,13 +191,10 @@ async def list_webhooks(
         after=sql.SQL("AND id < %(after)s" if after is not None else ""),
     )
     async with db.tenant_tx(pool, tenant_id) as conn:
-        rows = await _all(conn, query, {"tenant_id": tenant_id, "after": after, "limit": limit})
+        rows = await db.fetch_all(
+            conn, query, {"tenant_id": tenant_id, "after": after, "limit": limit}
+        )
         return [_webhook(r) for r in rows]
-
-
-def _check_etag(webhook: Webhook, etag: str) -> None:
-    if etag and etag != webhook.etag:
-        raise StaleEtag("webhook")
 
 
 async def update_webhook(
@@ -229,19 +207,14 @@ async def update_webhook(
 ) -> Webhook:
     """Write the masked fields; a change that changes nothing writes nothing. Enabling an
     endpoint clears why it was disabled and wakes the dispatchers for its queued deliveries."""
-    known = _known_id("webhook", webhook_id)
+    known = known_id("webhook", webhook_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_webhook(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        _check_etag(current, etag)
-        fields = WebhookFields(
-            **{
-                name: getattr(draft if name in paths else current.fields, name)
-                for name in domain.WRITABLE
-            }
-        )
+        check_etag("webhook", current.etag, etag)
+        fields = updates.merge(current.fields, draft, paths)
         if fields == current.fields:
             return current
-        row = await _one(
+        row = await db.fetch_one(
             conn,
             sql.SQL(
                 "UPDATE webhooks SET url = %s, description = %s, event_types = %s, disabled = %s,"
@@ -266,10 +239,10 @@ async def update_webhook(
 
 
 async def delete_webhook(pool: db.Pool, tenant_id: str, webhook_id: str, etag: str) -> None:
-    known = _known_id("webhook", webhook_id)
+    known = known_id("webhook", webhook_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_webhook(conn, tenant_id, known, "FOR UPDATE")
-        _check_etag(current, etag)
+        check_etag("webhook", current.etag, etag)
         # Its deliveries and their attempts go with it (ON DELETE CASCADE).
         await conn.execute(
             "DELETE FROM webhooks WHERE tenant_id = %s AND id = %s", (tenant_id, known)
@@ -279,10 +252,10 @@ async def delete_webhook(pool: db.Pool, tenant_id: str, webhook_id: str, etag: s
 async def rotate_secret(
     pool: db.Pool, tenant_id: str, webhook_id: str, secret: str, overlap: timedelta, at: datetime
 ) -> Webhook:
-    known = _known_id("webhook", webhook_id)
+    known = known_id("webhook", webhook_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _select_webhook(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        row = await _one(
+        row = await db.fetch_one(
             conn,
             sql.SQL(
                 "UPDATE webhooks SET previous_secret = secret, previous_secret_expires_at = %s,"
@@ -316,7 +289,7 @@ async def _enqueue(
     *,
     replay: bool = False,
 ) -> Delivery:
-    row = await _one(
+    row = await db.fetch_one(
         conn,
         _ENQUEUE,
         {
@@ -346,7 +319,7 @@ async def enqueue_delivery(
 async def enqueue_event(conn: db.Conn, event: Event, at: datetime) -> int:
     """Queue `event` for each enabled endpoint of its tenant whose event types match it (the
     consumer's handler, in its transaction); how many were queued."""
-    rows = await _all(
+    rows = await db.fetch_all(
         conn,
         "SELECT id, event_types FROM webhooks WHERE tenant_id = %s AND NOT disabled",
         (event.tenant_id,),
@@ -360,7 +333,7 @@ async def enqueue_event(conn: db.Conn, event: Event, at: datetime) -> int:
 
 
 async def enqueue_ping(pool: db.Pool, tenant_id: str, webhook_id: str, at: datetime) -> Delivery:
-    known = _known_id("webhook", webhook_id)
+    known = known_id("webhook", webhook_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _select_webhook(conn, tenant_id, known)
         event_id, body = cloudevent.ping(tenant_id, known, at)
@@ -382,7 +355,7 @@ async def enqueue_ping(pool: db.Pool, tenant_id: str, webhook_id: str, at: datet
 async def enqueue_replay(
     pool: db.Pool, tenant_id: str, webhook_id: str, events: Sequence[Event], at: datetime
 ) -> int:
-    known = _known_id("webhook", webhook_id)
+    known = known_id("webhook", webhook_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         for event in events:
             await _enqueue(
@@ -400,7 +373,7 @@ async def list_deliveries(
     limit: int,
 ) -> list[Delivery]:
     """A page of the delivery log, newest first, each with its last attempt."""
-    known = _known_id("webhook", webhook_id)
+    known = known_id("webhook", webhook_id)
     where = [sql.SQL("d.tenant_id = %(tenant_id)s AND d.webhook_id = %(webhook_id)s")]
     if status is not None:
         where.append(sql.SQL("d.status = ANY(%(statuses)s)"))
@@ -430,14 +403,14 @@ async def list_deliveries(
     }
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _select_webhook(conn, tenant_id, known)
-        rows = await _all(conn, query, params)
+        rows = await db.fetch_all(conn, query, params)
     return [_delivery(r, [_attempt(r)] if r["number"] is not None else []) for r in rows]
 
 
 async def _select_delivery(
     conn: db.Conn, tenant_id: str, webhook_id: str, delivery_id: str, lock: str = ""
 ) -> Delivery:
-    row = await _one(
+    row = await db.fetch_one(
         conn,
         sql.SQL(
             "SELECT {columns} FROM webhook_deliveries"
@@ -447,7 +420,7 @@ async def _select_delivery(
     )
     if row is None:
         raise NotFound("delivery", delivery_id)
-    attempts = await _all(
+    attempts = await db.fetch_all(
         conn,
         "SELECT number, time, status_code, error, latency_ms, response_snippet"
         " FROM webhook_attempts WHERE tenant_id = %s AND delivery_id = %s ORDER BY number",
@@ -459,8 +432,8 @@ async def _select_delivery(
 async def get_delivery(
     pool: db.Pool, tenant_id: str, webhook_id: str, delivery_id: str
 ) -> Delivery:
-    webhook = _known_id("webhook", webhook_id)
-    known = _known_id("delivery", delivery_id)
+    webhook = known_id("webhook", webhook_id)
+    known = known_id("delivery", delivery_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         return await _select_delivery(conn, tenant_id, webhook, known)
 
@@ -469,8 +442,8 @@ async def retry_delivery(
     pool: db.Pool, tenant_id: str, webhook_id: str, delivery_id: str, at: datetime
 ) -> Delivery:
     """Queue a failed or dead-lettered delivery again, with the whole retry schedule ahead."""
-    webhook = _known_id("webhook", webhook_id)
-    known = _known_id("delivery", delivery_id)
+    webhook = known_id("webhook", webhook_id)
+    known = known_id("delivery", delivery_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select_delivery(conn, tenant_id, webhook, known, "FOR UPDATE")
         if current.status not in ("failed", "dead"):
@@ -501,7 +474,7 @@ async def claim(
 ) -> list[Claim]:
     """Up to `batch` due deliveries, now held for `lease`."""
     async with pool.connection() as conn:
-        rows = await _all(
+        rows = await db.fetch_all(
             conn,
             "SELECT tenant_id, id, webhook_id, claim"
             " FROM notify_claim_deliveries(%s, %s, %s, %s, %s::uuid[])",
@@ -517,7 +490,7 @@ async def claimed(pool: db.Pool, claim: Claim) -> Claimed | None:
     """The held delivery and its endpoint; None when the claim was lost (lease passed and
     another dispatcher took it, or the endpoint was deleted)."""
     async with db.tenant_tx(pool, claim.tenant_id) as conn:
-        row = await _one(
+        row = await db.fetch_one(
             conn,
             "SELECT id, webhook_id, event_id, body, attempts, schedule_start FROM webhook_deliveries"
             " WHERE tenant_id = %s AND id = %s AND claim = %s AND status = 'sending'",

@@ -99,10 +99,7 @@ def normalize(
     out: list[Violation] = []
     changes: dict[str, Any] = {}
     if "name" in paths:
-        name = text.one_line(draft.name, f"{prefix}.name", out)
-        if not name:
-            out.append((f"{prefix}.name", "must not be empty"))
-        changes["name"] = name
+        changes["name"] = text.required(draft.name, f"{prefix}.name", out)
     if "purpose" in paths:
         changes["purpose"] = (
             domain.purpose(draft.purpose, f"{prefix}.purpose", out) or TRANSACTIONAL

@@ -8,24 +8,20 @@ tenants of its own.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
 import nats
 import pytest
-from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2_grpc
 from crm.notify.v1 import notify_pb2_grpc
-from crmkit import auth, migrations
-from crmkit.service import serve
+from crmkit import auth
 from trellis_contacts.app import DEFINITION as CONTACTS
 from trellis_contacts.config import ContactsSettings
+from trellis_devstack import testing
 from trellis_devstack.capture import Mailbox
 from trellis_devstack.infra import Nats, Postgres, free_port
-from trellis_devstack.probes import wait_for_health
 from trellis_notify.app import definition
 
 from .support import KEY, NOTIFY_KEY, Clock, Contacts, Receiver, Running, Tenant, settings_for
@@ -55,8 +51,7 @@ async def mailbox() -> AsyncIterator[Mailbox]:
 async def contacts(postgres: Postgres, notify_nats: Nats) -> AsyncIterator[Contacts]:
     """The real contacts service, publishing to notify's NATS, trusting notify's own key."""
     name = f"contacts_{uuid.uuid4().hex[:8]}"
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, CONTACTS.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, CONTACTS, name)
     settings = ContactsSettings.model_validate(
         {
             "database_url": app_url,
@@ -70,17 +65,10 @@ async def contacts(postgres: Postgres, notify_nats: Nats) -> AsyncIterator[Conta
             ),
         }
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(CONTACTS, settings, stop))
-    address = f"127.0.0.1:{settings.grpc_port}"
-    channel = grpc.aio.insecure_channel(address)
     try:
-        await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
-        yield Contacts(address, contacts_pb2_grpc.ContactsServiceStub(channel))
+        async with testing.served(CONTACTS, settings) as served:
+            yield Contacts(served.address, contacts_pb2_grpc.ContactsServiceStub(served.channel))
     finally:
-        stop.set()
-        await task
-        await channel.close()
         postgres.drop_database(name)
 
 
@@ -89,10 +77,9 @@ async def service(
     postgres: Postgres, notify_nats: Nats, mailbox: Mailbox, contacts: Contacts
 ) -> AsyncIterator[Running]:
     name = f"notify_{uuid.uuid4().hex[:8]}"
-    owner_url, app_url = postgres.create_database(name)
     clock = Clock()
     defn = definition(clock=clock)
-    await migrations.migrate(owner_url, defn.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, defn, name)
     settings = settings_for(
         app_url,
         notify_nats.url,
@@ -100,30 +87,23 @@ async def service(
         INTERNAL_TOKEN_PRIVATE_KEY=NOTIFY_KEY.pem(),
         INTERNAL_TOKEN_KEY_ID=NOTIFY_KEY.kid,
     )
-    stop = asyncio.Event()
-    address = f"127.0.0.1:{settings.grpc_port}"
-    channel = grpc.aio.insecure_channel(address)
     nc = await nats.connect(notify_nats.url)
     # As the chart and devstack set it for the notify -> contacts edge (read when wiring).
     with pytest.MonkeyPatch.context() as env:
         env.setenv("NOTIFY_CONTACTS_ADDR", contacts.address)
-        task = asyncio.create_task(serve(defn, settings, stop))
         try:
-            await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
-            yield Running(
-                address=address,
-                channel=channel,
-                stub=notify_pb2_grpc.NotifyServiceStub(channel),
-                js=nc.jetstream(),
-                clock=clock,
-                admin_url=postgres.url(name),
-                public_url=settings.public_base_url(),
-            )
+            async with testing.served(defn, settings) as served:
+                yield Running(
+                    address=served.address,
+                    channel=served.channel,
+                    stub=notify_pb2_grpc.NotifyServiceStub(served.channel),
+                    js=nc.jetstream(),
+                    clock=clock,
+                    admin_url=postgres.url(name),
+                    public_url=settings.public_base_url(),
+                )
         finally:
-            stop.set()
-            await task
             await nc.close()
-            await channel.close()
             postgres.drop_database(name)
 
 

@@ -3,10 +3,7 @@ published as the other services publish them, and a partner's webhook receiver."
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,8 +17,8 @@ from nats.js import JetStreamContext
 from crm.contacts.v1 import contacts_pb2_grpc
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit import auth, bus
-from crmkit.context import Identity
 from crmkit.ids import new_id
+from trellis_devstack import testing
 from trellis_devstack.infra import free_port
 from trellis_notify.config import NotifySettings
 
@@ -57,13 +54,8 @@ class Clock:
 def settings_for(app_url: str, nats_url: str, smtp_port: int, **overrides: Any) -> NotifySettings:
     return NotifySettings.model_validate(
         {
+            **testing.service_settings(nats_url, KEY),
             "database_url": app_url,
-            "bind_host": "127.0.0.1",
-            "grpc_port": free_port(),
-            "metrics_port": 0,
-            "db_pool_min": 1,
-            "db_pool_max": 10,
-            "shutdown_grace_seconds": 2,
             "webhook_allow_private": True,
             "webhook_timeout_seconds": 10,
             "webhook_retry_schedule": SCHEDULE,
@@ -76,15 +68,13 @@ def settings_for(app_url: str, nats_url: str, smtp_port: int, **overrides: Any) 
             "smtp_tls": "none",
             "mail_from": "Trellis Test <notify@test.example>",
             "mail_retry_schedule": SCHEDULE,
-            "NATS_URL": nats_url,
-            "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
             **overrides,
         }
     )
 
 
 def token(tenant_id: str, scopes: Iterable[str] = READ_WRITE, principal: str = "key-1") -> str:
-    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), KEY, ttl_seconds=120)
+    return testing.mint(KEY, tenant_id, scopes, principal)
 
 
 @dataclass
@@ -116,30 +106,6 @@ class Running:
         async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
-
-
-async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    raise AssertionError("the call succeeded")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any] | Any], *, within: float = 60, what: str = "it"
-) -> Any:
-    """Poll until `check()` is truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + within
-    while True:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.05)
 
 
 async def publish(

@@ -11,17 +11,9 @@ from google.protobuf import timestamp_pb2
 
 from crm.notify.v1 import notify_pb2
 from crmkit.errors import violations_of
+from trellis_devstack.testing import eventually, failure
 
-from .support import (
-    Receiver,
-    Running,
-    Tenant,
-    create_webhook,
-    deliveries,
-    eventually,
-    failure,
-    publish,
-)
+from .support import Receiver, Running, Tenant, create_webhook, deliveries, publish
 
 
 async def _invalid(call: Awaitable[object]) -> list[str]:

@@ -12,9 +12,10 @@ from psycopg.rows import dict_row
 from crm.notify.v1 import notify_pb2
 from crmkit.errors import violations_of
 from crmkit.ids import new_id
+from trellis_devstack.testing import eventually, failure
 from trellis_notify import audience
 
-from .support import Running, Tenant, eventually, failure, publish
+from .support import Running, Tenant, publish
 
 
 def contact_data(contact_id: str, version: int, email: str, **fields: Any) -> dict[str, Any]:

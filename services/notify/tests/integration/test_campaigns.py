@@ -15,8 +15,9 @@ from crm.notify.v1 import notify_pb2
 from crmkit.errors import violations_of
 from crmkit.ids import new_id
 from trellis_devstack.capture import Mailbox
+from trellis_devstack.testing import eventually, failure
 
-from .support import Contacts, Running, Tenant, eventually, failure
+from .support import Contacts, Running, Tenant
 from .test_email import WELCOME
 
 

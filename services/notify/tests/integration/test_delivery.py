@@ -10,16 +10,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from crm.notify.v1 import notify_pb2
+from trellis_devstack.testing import eventually
 
-from .support import (
-    Receiver,
-    Running,
-    Tenant,
-    create_webhook,
-    deliveries,
-    eventually,
-    publish,
-)
+from .support import Receiver, Running, Tenant, create_webhook, deliveries, publish
 
 
 async def test_an_event_arrives_signed_as_a_structured_cloudevent(

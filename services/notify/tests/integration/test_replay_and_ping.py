@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from crm.notify.v1 import notify_pb2
+from trellis_devstack.testing import eventually
 from trellis_notify import replay
 
-from .support import Receiver, Running, Tenant, create_webhook, deliveries, eventually, publish
+from .support import Receiver, Running, Tenant, create_webhook, deliveries, publish
 
 
 async def test_replay_resends_exactly_the_events_after_the_time(

@@ -13,18 +13,9 @@ from aiohttp import web
 
 from crm.notify.v1 import notify_pb2
 from crmkit.ids import new_id
+from trellis_devstack.testing import eventually, failure
 
-from .support import (
-    Receiver,
-    Running,
-    Tenant,
-    answer,
-    create_webhook,
-    deliveries,
-    eventually,
-    failure,
-    publish,
-)
+from .support import Receiver, Running, Tenant, answer, create_webhook, deliveries, publish
 
 
 def _versions_by_record(receiver: Receiver) -> dict[str, list[int]]:

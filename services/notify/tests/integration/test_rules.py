@@ -13,8 +13,9 @@ from crm.notify.v1 import notify_pb2
 from crmkit.errors import violations_of
 from crmkit.ids import new_id
 from trellis_devstack.capture import Mailbox
+from trellis_devstack.testing import eventually, failure
 
-from .support import Receiver, Running, Tenant, create_webhook, eventually, failure, publish
+from .support import Receiver, Running, Tenant, create_webhook, publish
 from .test_audience import contact_data
 from .test_email import _contact
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from crmkit import updates
 from crmkit.errors import Invalid
 from trellis_notify import domain, signing
 from trellis_notify.domain import Answer, Outcome, RetryPolicy, WebhookFields
@@ -54,9 +55,12 @@ def test_endpoints_are_normalised_and_checked() -> None:
 
 
 def test_masks_drop_output_only_fields_and_refuse_unknown_ones() -> None:
-    assert domain.resolve_mask(["url", "id", "etag", "url"]) == ["url"]
+    def resolve_mask(paths: list[str]) -> list[str]:
+        return updates.resolve_mask(paths, domain.WRITABLE, domain.OUTPUT_ONLY)
+
+    assert resolve_mask(["url", "id", "etag", "url"]) == ["url"]
     with pytest.raises(Invalid):
-        domain.resolve_mask(["secret_sauce"])
+        resolve_mask(["secret_sauce"])
 
 
 def _policy(jitter: float = 0.0, factor: float = 1.0) -> RetryPolicy:

@@ -9,11 +9,11 @@ from typing import Any
 
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import Invalid, NotFound
-from crmkit.ids import new_id
+from crmkit.errors import Invalid, NotFound, check_etag
+from crmkit.ids import known_id, new_id
 from trellis_sales import domain
 from trellis_sales.domain import Activity, ActivityFields, ActivityKind
-from trellis_sales.store import all_rows, check_etag, known_id, meta, one
+from trellis_sales.store import meta
 
 _FIELDS = "kind, subject, body, lead_id, deal_id, due_time, done, owner_id, done_time"
 _COLUMNS = f"id, {_FIELDS}, version, etag, create_time, update_time"
@@ -63,7 +63,7 @@ async def _parent_exists(conn: db.Conn, tenant_id: str, f: ActivityFields) -> No
         if f.lead_id
         else ("deals", f.deal_id, "activity.deal_id")
     )
-    found = await one(
+    found = await db.fetch_one(
         conn,
         f"SELECT 1 AS found FROM {table} WHERE tenant_id = %s AND id = %s FOR KEY SHARE",
         (tenant_id, ref),
@@ -73,7 +73,7 @@ async def _parent_exists(conn: db.Conn, tenant_id: str, f: ActivityFields) -> No
 
 
 async def _select(conn: db.Conn, tenant_id: str, activity_id: str, lock: str = "") -> Activity:
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"SELECT {_COLUMNS} FROM activities WHERE tenant_id = %s AND id = %s {lock}",
         (tenant_id, activity_id),
@@ -88,7 +88,7 @@ async def create(pool: db.Pool, ident: Identity, fields: ActivityFields, now: da
     tenant_id = ident.tenant_id
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _parent_exists(conn, tenant_id, fields)
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"INSERT INTO activities (tenant_id, id, {_FIELDS}, create_time, update_time)"
             f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
@@ -117,7 +117,7 @@ async def update(
     known = known_id("activity", activity_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("activity", current.meta, etag)
+        check_etag("activity", current.meta.etag, etag)
         fields = domain.merge(current.fields, draft, paths)
         domain.check_parent(fields)
         changed = domain.changed_fields(current.fields, fields)
@@ -128,7 +128,7 @@ async def update(
         done_time = current.done_time if fields.done else None
         if fields.done and not current.fields.done:
             done_time = now
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"UPDATE activities SET ({_FIELDS}, version, etag, update_time) ="
             " (%s, %s, %s, %s, %s, %s, %s, %s, %s, version + 1, new_etag(), %s)"
@@ -144,7 +144,7 @@ async def delete(pool: db.Pool, ident: Identity, activity_id: str, etag: str) ->
     known = known_id("activity", activity_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("activity", current.meta, etag)
+        check_etag("activity", current.meta.etag, etag)
         await conn.execute(
             "DELETE FROM activities WHERE tenant_id = %s AND id = %s", (tenant_id, known)
         )
@@ -174,4 +174,4 @@ async def list_page(
         " ORDER BY id DESC LIMIT %(limit)s"
     )
     async with db.tenant_tx(pool, tenant_id) as conn:
-        return [_activity(r) for r in await all_rows(conn, query, params)]
+        return [_activity(r) for r in await db.fetch_all(conn, query, params)]

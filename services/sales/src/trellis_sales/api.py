@@ -16,10 +16,10 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from crm.sales.v1 import sales_pb2, sales_pb2_grpc
-from crmkit import db, paging, text
+from crmkit import db, paging, protomap, text, updates
 from crmkit.context import caller
 from crmkit.errors import Invalid, invalid_field
-from crmkit.ids import canonical_uuid
+from crmkit.ids import canonical_uuid, filter_id
 from trellis_sales import (
     activities,
     conversion,
@@ -43,11 +43,11 @@ from trellis_sales.store import Clock
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-_LEAD_PATHS = domain.writable_paths(LeadFields)
-_DEAL_PATHS = domain.writable_paths(DealFields)
-_PIPELINE_PATHS = domain.writable_paths(PipelineFields)
-_ACTIVITY_PATHS = domain.writable_paths(ActivityFields)
-_RULE_PATHS = domain.writable_paths(RuleFields)
+_LEAD_PATHS = updates.writable_paths(LeadFields)
+_DEAL_PATHS = updates.writable_paths(DealFields)
+_PIPELINE_PATHS = updates.writable_paths(PipelineFields)
+_ACTIVITY_PATHS = updates.writable_paths(ActivityFields)
+_RULE_PATHS = updates.writable_paths(RuleFields)
 _LEAD_READ_ONLY = frozenset(
     {"score", "score_factors", "score_time", "contact", "converted_deal_id", "convert_time"}
 )
@@ -59,35 +59,16 @@ def _mask(
     update_mask: Sequence[str],
     record: Message,
     writable: frozenset[str],
-    ignored: frozenset[str] = frozenset(),
+    read_only: frozenset[str] = frozenset(),
 ) -> list[str]:
-    # An empty mask means "every field set in the message" (proto3: every non-default field).
-    paths = list(update_mask) or [f.name for f, _ in record.ListFields()]
-    return domain.resolve_mask(paths, writable, ignored)
-
-
-def _id_key(token: str, filters: dict[str, object]) -> str | None:
-    after = paging.decode_page_token(token, filters, arity=1)
-    if after is None:
-        return None
-    found = canonical_uuid(str(after[0]))
-    if found is None:
-        raise invalid_field("page_token", "malformed page token")
-    return found
-
-
-def _filter_id(value: str) -> str | None:
-    """A list filter by id: "" for none, None when it cannot be an id (matches nothing)."""
-    value = value.strip()
-    return (canonical_uuid(value) or None) if value else ""
-
-
-def _text_filter(value: str, path: str) -> str:
-    out: list[Violation] = []
-    value = text.one_line(value, path, out)
-    if out:
-        raise Invalid(out)
-    return value
+    """The paths an update writes; the record's read-only fields are dropped, as output-only
+    ones are (AIP-203), so a client may send back a record it read."""
+    return updates.resolve_mask(
+        updates.requested_paths(update_mask, record),
+        writable,
+        domain.OUTPUT_ONLY | read_only,
+        domain.MAP_FIELDS & writable,
+    )
 
 
 class SalesApi(sales_pb2_grpc.SalesServiceServicer):
@@ -112,7 +93,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.UpdateLeadRequest, context: Ctx
     ) -> sales_pb2.Lead:
         paths = _mask(request.update_mask, request.lead, _LEAD_PATHS, _LEAD_READ_ONLY)
-        draft = domain.normalize_lead(mapping.lead_draft(request.lead), domain.top_level(paths))
+        draft = domain.normalize_lead(mapping.lead_draft(request.lead), updates.top_level(paths))
         lead = await leads.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
         )
@@ -128,13 +109,13 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListLeadsRequest, context: Ctx
     ) -> sales_pb2.ListLeadsResponse:
         size = paging.page_size(request.page_size)
-        contact = _filter_id(request.contact_id)
+        contact = filter_id(request.contact_id)
         if contact is None:
             return sales_pb2.ListLeadsResponse()
         filters = leads.LeadFilter(
             status=mapping.lead_status(request.status, "status"),
-            owner_id=_text_filter(request.owner_id, "owner_id"),
-            tag=_text_filter(request.tag, "tag"),
+            owner_id=text.filter_text(request.owner_id, "owner_id"),
+            tag=text.filter_text(request.tag, "tag"),
             contact_id=contact,
         )
         fingerprint = dataclasses.asdict(filters)
@@ -156,8 +137,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     ) -> sales_pb2.ConvertLeadResponse:
         deal_draft = None
         if request.create_deal:
-            sent = [f.name for f, _ in request.deal.ListFields()]
-            paths = domain.resolve_mask(sent, _DEAL_PATHS, _DEAL_READ_ONLY)
+            paths = _mask([], request.deal, _DEAL_PATHS, _DEAL_READ_ONLY)
             # Currency is checked even when not sent: it has no default.
             deal_draft = domain.normalize_deal(
                 mapping.deal_draft(request.deal), {*paths, "currency"}
@@ -214,7 +194,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListScoringRulesRequest, context: Ctx
     ) -> sales_pb2.ListScoringRulesResponse:
         size = paging.page_size(request.page_size)
-        after = _id_key(request.page_token, {})
+        after = paging.after_id(request.page_token, {})
         rows = await rules.list_page(self._pool, caller().tenant_id, after, size + 1)
         page, token = paging.next_page(
             [mapping.rule_to_proto(r) for r in rows], size, lambda r: [r.id], {}
@@ -241,7 +221,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     ) -> sales_pb2.Pipeline:
         paths = _mask(request.update_mask, request.pipeline, _PIPELINE_PATHS)
         draft = mapping.pipeline_draft(request.pipeline)
-        draft = domain.normalize_pipeline(draft, domain.top_level(paths))
+        draft = domain.normalize_pipeline(draft, updates.top_level(paths))
         pipeline = await pipelines.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
         )
@@ -257,7 +237,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListPipelinesRequest, context: Ctx
     ) -> sales_pb2.ListPipelinesResponse:
         size = paging.page_size(request.page_size)
-        after = _id_key(request.page_token, {})
+        after = paging.after_id(request.page_token, {})
         rows = await pipelines.list_page(
             self._pool, caller().tenant_id, after, size + 1, self._clock()
         )
@@ -282,7 +262,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.UpdateDealRequest, context: Ctx
     ) -> sales_pb2.Deal:
         paths = _mask(request.update_mask, request.deal, _DEAL_PATHS, _DEAL_READ_ONLY)
-        draft = domain.normalize_deal(mapping.deal_draft(request.deal), domain.top_level(paths))
+        draft = domain.normalize_deal(mapping.deal_draft(request.deal), updates.top_level(paths))
         deal = await deals.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
         )
@@ -298,18 +278,18 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListDealsRequest, context: Ctx
     ) -> sales_pb2.ListDealsResponse:
         size = paging.page_size(request.page_size)
-        ids = [_filter_id(v) for v in (request.pipeline_id, request.stage_id, request.contact_id)]
+        ids = [filter_id(v) for v in (request.pipeline_id, request.stage_id, request.contact_id)]
         if None in ids:
             return sales_pb2.ListDealsResponse()
         pipeline_id, stage_id, contact_id = (str(i) for i in ids)
         filters = deals.DealFilter(
             pipeline_id=pipeline_id,
             stage_id=stage_id,
-            owner_id=_text_filter(request.owner_id, "owner_id"),
+            owner_id=text.filter_text(request.owner_id, "owner_id"),
             contact_id=contact_id,
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _id_key(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         rows = await deals.list_page(self._pool, caller().tenant_id, filters, after, size + 1)
         page, token = paging.next_page(
             [mapping.deal_to_proto(d) for d in rows], size, lambda d: [d.id], fingerprint
@@ -354,7 +334,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     ) -> sales_pb2.Activity:
         paths = _mask(request.update_mask, request.activity, _ACTIVITY_PATHS, _ACTIVITY_READ_ONLY)
         draft = mapping.activity_draft(request.activity)
-        draft = domain.normalize_activity(draft, domain.top_level(paths))
+        draft = domain.normalize_activity(draft, updates.top_level(paths))
         activity = await activities.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
         )
@@ -370,18 +350,18 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.ListActivitiesRequest, context: Ctx
     ) -> sales_pb2.ListActivitiesResponse:
         size = paging.page_size(request.page_size)
-        lead_id, deal_id = _filter_id(request.lead_id), _filter_id(request.deal_id)
+        lead_id, deal_id = filter_id(request.lead_id), filter_id(request.deal_id)
         if lead_id is None or deal_id is None:
             return sales_pb2.ListActivitiesResponse()
         filters = activities.ActivityFilter(
             lead_id=lead_id,
             deal_id=deal_id,
-            owner_id=_text_filter(request.owner_id, "owner_id"),
+            owner_id=text.filter_text(request.owner_id, "owner_id"),
             kind=mapping.activity_kind(request.kind, "kind"),
             done=request.done if request.HasField("done") else None,
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _id_key(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         rows = await activities.list_page(self._pool, caller().tenant_id, filters, after, size + 1)
         page, token = paging.next_page(
             [mapping.activity_to_proto(a) for a in rows], size, lambda a: [a.id], fingerprint
@@ -400,7 +380,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         if out:
             raise Invalid(out)
         start, end = reports.checked_range(first, last, "start_date", "end_date")
-        pipeline_id = _filter_id(request.pipeline_id)
+        pipeline_id = filter_id(request.pipeline_id)
         if pipeline_id is None:
             return sales_pb2.Forecast()
         return await reports.forecast(
@@ -409,7 +389,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
             period,
             start,
             end,
-            _text_filter(request.owner_id, "owner_id"),
+            text.filter_text(request.owner_id, "owner_id"),
             pipeline_id,
         )
 
@@ -417,8 +397,8 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.GetFunnelReportRequest, context: Ctx
     ) -> sales_pb2.FunnelReport:
         start, end = reports.checked_range(
-            mapping.time_from_proto(request, "start_time", "start_time"),
-            mapping.time_from_proto(request, "end_time", "end_time"),
+            protomap.time_from_proto(request, "start_time", "start_time"),
+            protomap.time_from_proto(request, "end_time", "end_time"),
             "start_time",
             "end_time",
         )
@@ -435,12 +415,12 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.GetWinRateReportRequest, context: Ctx
     ) -> sales_pb2.WinRateReport:
         start, end = reports.checked_range(
-            mapping.time_from_proto(request, "start_time", "start_time"),
-            mapping.time_from_proto(request, "end_time", "end_time"),
+            protomap.time_from_proto(request, "start_time", "start_time"),
+            protomap.time_from_proto(request, "end_time", "end_time"),
             "start_time",
             "end_time",
         )
-        pipeline_id = _filter_id(request.pipeline_id)
+        pipeline_id = filter_id(request.pipeline_id)
         if pipeline_id is None:
             return sales_pb2.WinRateReport()
         return await reports.win_rate(
@@ -448,6 +428,6 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
             caller().tenant_id,
             start,
             end,
-            _text_filter(request.owner_id, "owner_id"),
+            text.filter_text(request.owner_id, "owner_id"),
             pipeline_id,
         )

@@ -21,10 +21,11 @@ from crm.sales.v1 import events_pb2
 from crmkit import db
 from crmkit.client import Callee
 from crmkit.context import Identity
-from crmkit.errors import FailedPrecondition, ServiceError
+from crmkit.errors import FailedPrecondition, ServiceError, check_etag
+from crmkit.ids import known_id
 from trellis_sales import deals, leads, mapping, metrics
 from trellis_sales.domain import Deal, DealFields, Lead, LeadStatus
-from trellis_sales.store import check_etag, event, known_id, link, metadata
+from trellis_sales.store import event, link, metadata
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ async def convert(
     known = known_id("lead", lead_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await leads.select(conn, tenant_id, known, "FOR NO KEY UPDATE OF l")
-        check_etag("lead", current.meta, etag)
+        check_etag("lead", current.meta.etag, etag)
         _refuse(current)
         draft = deal_for(current, deal_draft) if deal_draft is not None else None
         if draft is not None:

@@ -20,22 +20,18 @@ from psycopg.types.json import Jsonb
 from crm.sales.v1 import events_pb2, sales_pb2
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import Invalid, NotFound
-from crmkit.ids import new_id
+from crmkit.errors import Invalid, NotFound, check_etag
+from crmkit.ids import known_id, new_id
 from trellis_sales import domain, mapping, pipelines
 from trellis_sales.domain import Deal, DealFields, ForecastCategory, Stage, StageKind
 from trellis_sales.store import (
     SUMMARY_COLUMNS,
     SUMMARY_JOIN,
-    all_rows,
-    check_etag,
     deleted_event,
     event,
-    known_id,
     link,
     meta,
     metadata,
-    one,
     summary,
 )
 
@@ -102,7 +98,7 @@ def _params(f: DealFields, close_time: datetime | None) -> tuple[Any, ...]:
 
 
 async def select(conn: db.Conn, tenant_id: str, deal_id: str, lock: str = "") -> Deal:
-    row = await one(
+    row = await db.fetch_one(
         conn, f"{_SELECT} WHERE d.tenant_id = %s AND d.id = %s {lock}", (tenant_id, deal_id)
     )
     if row is None:
@@ -251,7 +247,7 @@ async def update(
     known = known_id("deal", deal_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR NO KEY UPDATE OF d")
-        check_etag("deal", current.meta, etag)
+        check_etag("deal", current.meta.etag, etag)
         merged = domain.merge(current.fields, draft, paths)
         if merged.pipeline_id != current.fields.pipeline_id and "stage_id" not in paths:
             merged = replace(merged, stage_id="")  # a new pipeline starts at its first stage
@@ -291,7 +287,7 @@ async def delete(pool: db.Pool, ident: Identity, deal_id: str, etag: str, now: d
     known = known_id("deal", deal_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR UPDATE OF d")
-        check_etag("deal", current.meta, etag)
+        check_etag("deal", current.meta.etag, etag)
         await conn.execute("DELETE FROM deals WHERE tenant_id = %s AND id = %s", (tenant_id, known))
         version = current.meta.version + 1
         message = events_pb2.DealDeleted(metadata=metadata(ident, now), id=known, version=version)
@@ -314,7 +310,7 @@ async def list_page(
             params[name] = value
     query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT %(limit)s"
     async with db.tenant_tx(pool, tenant_id) as conn:
-        return [_deal(r) for r in await all_rows(conn, query, params)]
+        return [_deal(r) for r in await db.fetch_all(conn, query, params)]
 
 
 async def stage_changes(
@@ -323,7 +319,7 @@ async def stage_changes(
     known = known_id("deal", deal_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         await select(conn, tenant_id, known)  # NOT_FOUND rather than an empty history
-        rows = await all_rows(
+        rows = await db.fetch_all(
             conn,
             "SELECT deal_version, from_stage_id, to_stage_id, from_pipeline_id, to_pipeline_id,"
             " actor, change_time FROM stage_changes WHERE tenant_id = %s AND deal_id = %s"
@@ -351,7 +347,7 @@ async def unlink(
     """Drop the links of the tenant's deals to a deleted contact or company, each an ordinary
     change (new version, deal.updated), so partners' copies follow."""
     assert column in ("contact_id", "company_id")
-    rows = await all_rows(
+    rows = await db.fetch_all(
         conn,
         f"UPDATE deals SET {column} = NULL, version = version + 1, etag = new_etag(),"
         f" update_time = %s WHERE tenant_id = %s AND {column} = %s RETURNING id",

@@ -8,20 +8,18 @@ stores call them inside their transactions. Scoring has its own module (scoring.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from dataclasses import fields as dataclass_fields
 from datetime import date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import pycountry
 
-from crmkit import text
+from crmkit import contactinfo, customvalues, text, updates
 from crmkit.errors import Invalid
-from crmkit.ids import canonical_uuid
+from crmkit.ids import reference
 
 if TYPE_CHECKING:
     from trellis_sales.scoring import Score
@@ -187,22 +185,9 @@ class Activity:
 
 # --- field rules ------------------------------------------------------------------------------
 
-# As the contacts service checks addresses (a WHATWG-like pattern with a dot in the domain):
-# a lead's email becomes a contact's on conversion, so it must pass there too.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_TLD = r"[A-Za-z][A-Za-z0-9-]{0,61}[A-Za-z0-9]"
-_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+{_TLD}")
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_PHONE_SEPARATORS = str.maketrans("", "", " -().")
-_CUSTOM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-MAX_CUSTOM_STRING = 1000
+_NOT_A_SCALAR = "must be a string, a number or a boolean"
 MAX_STAGES = 30
-
-
-def email_key(email: str) -> str:
-    return email.lower()
 
 
 def email_domain(email: str) -> str:
@@ -211,61 +196,16 @@ def email_domain(email: str) -> str:
 
 def _email(value: str, path: str, out: list[Violation]) -> str:
     value = value.strip()
-    if value and (not _EMAIL.fullmatch(value) or len(value.partition("@")[0]) > 64):
-        out.append((path, "not a valid email address"))
+    if value and not contactinfo.is_email(value):
+        out.append((path, contactinfo.NOT_AN_EMAIL))
     return value
 
 
 def _phone(value: str, path: str, out: list[Violation]) -> str:
-    phone = value.translate(_PHONE_SEPARATORS)
-    if phone and not _E164.fullmatch(phone):
-        out.append((path, "not an E.164 phone number, e.g. +14155550100"))
+    phone = contactinfo.phone_number(value)
+    if phone and not contactinfo.is_e164(phone):
+        out.append((path, contactinfo.NOT_A_PHONE))
     return phone
-
-
-def _required(value: str, path: str, out: list[Violation]) -> str:
-    value = text.one_line(value, path, out)
-    if not value:
-        out.append((path, "must not be empty"))
-    return value
-
-
-def _tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
-    result: list[str] = []
-    for i, raw in enumerate(values):
-        tag = text.one_line(raw, f"{path}[{i}]", out)
-        if not tag:
-            out.append((f"{path}[{i}]", "must not be empty"))
-        elif tag not in result:  # a repeated tag is harmless: keep the first
-            result.append(tag)
-    return tuple(result)
-
-
-def reference(value: str, path: str, out: list[Violation], what: str) -> str:
-    """A link to a record by id: canonical, or "" for none; what cannot be an id is named."""
-    value = value.strip()
-    if not value:
-        return ""
-    ref = canonical_uuid(value)
-    if ref is None:
-        out.append((path, f"no such {what}"))
-        return value
-    return ref
-
-
-def _custom_value(value: object) -> str | None:
-    """What is wrong with a custom value, or None: strings, finite numbers and booleans."""
-    if isinstance(value, str):
-        if len(value) > MAX_CUSTOM_STRING:
-            return f"longer than {MAX_CUSTOM_STRING} characters"
-        if "\x00" in value:  # PostgreSQL's jsonb cannot hold it
-            return "must not contain NUL characters"
-        return None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return None if math.isfinite(value) else "must be a finite number"
-    return "must be a string, a number or a boolean"
 
 
 def custom_fields(
@@ -275,11 +215,11 @@ def custom_fields(
     kept: dict[str, object] = {}
     for name, value in values.items():
         where = f"{path}.{name}"
-        if not _CUSTOM_NAME.fullmatch(name):
+        if not customvalues.NAME.fullmatch(name):
             out.append((where, "names are lower-case letters, digits or underscores"))
         elif value is None:
             continue
-        elif (problem := _custom_value(value)) is not None:
+        elif (problem := customvalues.scalar_problem(value, _NOT_A_SCALAR)) is not None:
             out.append((where, problem))
         else:
             kept[name] = value
@@ -330,7 +270,7 @@ def normalize_lead(draft: LeadFields, paths: Iterable[str], prefix: str = "lead"
             case "phone":
                 changes[name] = _phone(value, path, out)
             case "tags":
-                changes[name] = _tags(value, path, out)
+                changes[name] = text.tags(value, path, out)
             case "contact_id":
                 changes[name] = reference(value, path, out, "contact")
             case "status":
@@ -385,7 +325,7 @@ def normalize_pipeline(
         path = f"{prefix}.{name}"
         match name:
             case "name":
-                changes[name] = _required(draft.name, path, out)
+                changes[name] = text.required(draft.name, path, out)
             case "stages":
                 changes[name] = _stages(draft.stages, path, out)
     _raise(out)
@@ -398,7 +338,7 @@ def _stages(stages: Sequence[Stage], path: str, out: list[Violation]) -> tuple[S
     ids: dict[str, int] = {}
     for i, stage in enumerate(stages):
         where = f"{path}[{i}]"
-        name = _required(stage.name, f"{where}.name", out)
+        name = text.required(stage.name, f"{where}.name", out)
         if name and (first := names.setdefault(name.lower(), i)) != i:
             out.append((f"{where}.name", f"the same name as {path}[{first}]"))
         stage_id = reference(stage.id, f"{where}.id", out, "stage")
@@ -430,7 +370,7 @@ def normalize_deal(draft: DealFields, paths: Iterable[str], prefix: str = "deal"
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "name":
-                changes[name] = _required(value, path, out)
+                changes[name] = text.required(value, path, out)
             case "owner_id":
                 changes[name] = text.one_line(value, path, out)
             case "currency":
@@ -491,7 +431,7 @@ def normalize_activity(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "subject":
-                changes[name] = _required(value, path, out)
+                changes[name] = text.required(value, path, out)
             case "body":
                 changes[name] = multiline(value, path, out)
             case "owner_id":
@@ -516,6 +456,8 @@ def check_parent(fields_: ActivityFields, prefix: str = "activity") -> None:
 
 OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
 CUSTOM = "custom_fields"
+# A mask may name one custom field alone: "custom_fields.<name>".
+MAP_FIELDS = frozenset({CUSTOM})
 
 
 class Fields(Protocol):
@@ -523,38 +465,6 @@ class Fields(Protocol):
 
 
 F = TypeVar("F", bound=Fields)
-
-
-def writable_paths(kind: type[Fields]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclass_fields(kind))
-
-
-def resolve_mask(
-    paths: Iterable[str], writable: frozenset[str], ignored: frozenset[str] = frozenset()
-) -> list[str]:
-    """The paths an update writes: field names, or "custom_fields.<name>" for one custom field.
-
-    Output-only fields (and `ignored`, the record's other read-only fields) are dropped rather
-    than refused (AIP-203), so a client may send back a record it read.
-    """
-    kept: list[str] = []
-    out: list[Violation] = []
-    for path in paths:
-        top, dot, key = path.partition(".")
-        if path in OUTPUT_ONLY or path in ignored:
-            continue
-        custom = top == CUSTOM and dot and key and CUSTOM in writable
-        if path in writable or custom:
-            if path not in kept:
-                kept.append(path)
-        else:
-            out.append(("update_mask", f"unknown field {path!r}"))
-    _raise(out)
-    return kept
-
-
-def top_level(paths: Iterable[str]) -> set[str]:
-    return {p.partition(".")[0] for p in paths}
 
 
 def merge(current: F, draft: F, paths: Iterable[str]) -> F:
@@ -580,16 +490,6 @@ def merge(current: F, draft: F, paths: Iterable[str]) -> F:
 
 
 def changed_fields(old: F, new: F) -> list[str]:
-    """The top-level fields whose values differ."""
-    return [
-        f.name
-        for f in dataclass_fields(old)
-        if _comparable(getattr(old, f.name)) != _comparable(getattr(new, f.name))
-    ]
-
-
-def _comparable(value: object) -> object:
-    # 1.0 == True in Python, not in a record: compare custom values with their types.
-    if isinstance(value, Mapping):
-        return sorted((k, type(v).__name__, v) for k, v in value.items())
-    return value
+    """The top-level fields whose values differ: sales' events name custom_fields whole, not
+    one entry at a time."""
+    return list(dict.fromkeys(path.partition(".")[0] for path in updates.changed_fields(old, new)))

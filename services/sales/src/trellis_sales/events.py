@@ -24,7 +24,7 @@ from crmkit.consumer import Event, Handler
 from crmkit.context import Identity
 from crmkit.ids import canonical_uuid
 from trellis_sales import deals, leads, mapping, scoring
-from trellis_sales.store import Clock, all_rows, event, metadata
+from trellis_sales.store import Clock, event, metadata
 
 CONTACT_SUBJECTS = ["crm.events.*.contacts.contact.>", "crm.events.*.contacts.company.>"]
 ACTOR = "sales"  # who sales' own changes (unlinking a deleted contact) are made by
@@ -50,7 +50,7 @@ def _occurred(event_: Event, now: datetime) -> datetime:
 
 async def engage(conn: db.Conn, event_: Event, now: datetime) -> None:
     """Count the event for the leads of its contact under each engagement rule it matches."""
-    rows = await all_rows(
+    rows = await db.fetch_all(
         conn,
         "SELECT id, label, kind, points, conditions, event_type, contact_field, half_life_days,"
         " version, etag, create_time, update_time FROM scoring_rules"
@@ -134,7 +134,7 @@ async def _tombstone(conn: db.Conn, table: str, tenant_id: str, record_id: str) 
 
 
 async def _unlink_leads(conn: db.Conn, ident: Identity, contact_id: str, now: datetime) -> None:
-    rows = await all_rows(
+    rows = await db.fetch_all(
         conn,
         "UPDATE leads SET contact_id = NULL, version = version + 1, etag = new_etag(),"
         " update_time = %s WHERE tenant_id = %s AND contact_id = %s RETURNING id",

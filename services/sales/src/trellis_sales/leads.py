@@ -19,23 +19,19 @@ from psycopg.types.json import Jsonb
 from crm.sales.v1 import events_pb2
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import NotFound
-from crmkit.ids import new_id
+from crmkit.errors import NotFound, check_etag
+from crmkit.ids import known_id, new_id
 from trellis_sales import domain, mapping, metrics, scoring
 from trellis_sales.domain import Lead, LeadFields, LeadStatus
 from trellis_sales.scoring import Rule, RuleFields, RuleKind, Score
 from trellis_sales.store import (
     SUMMARY_COLUMNS,
     SUMMARY_JOIN,
-    all_rows,
-    check_etag,
     deleted_event,
     event,
-    known_id,
     link,
     meta,
     metadata,
-    one,
     summary,
 )
 
@@ -112,7 +108,7 @@ def _params(f: LeadFields) -> tuple[Any, ...]:
 
 
 async def select(conn: db.Conn, tenant_id: str, lead_id: str, lock: str = "") -> Lead:
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"{_SELECT} WHERE l.tenant_id = %s AND l.id = %s {lock}",
         (tenant_id, lead_id),
@@ -126,7 +122,7 @@ async def select(conn: db.Conn, tenant_id: str, lead_id: str, lock: str = "") ->
 
 
 async def rules(conn: db.Conn, tenant_id: str) -> list[Rule]:
-    rows = await all_rows(
+    rows = await db.fetch_all(
         conn,
         "SELECT id, label, kind, points, conditions, event_type, contact_field, half_life_days,"
         " version, etag, create_time, update_time FROM scoring_rules WHERE tenant_id = %s"
@@ -160,13 +156,13 @@ async def rescore(
     ruleset = await rules(conn, tenant_id)
     for start in range(0, len(lead_ids), _RESCORE_BATCH):
         batch = list(lead_ids[start : start + _RESCORE_BATCH])
-        rows = await all_rows(
+        rows = await db.fetch_all(
             conn,
             f"{_SELECT} WHERE l.tenant_id = %s AND l.id = ANY(%s::uuid[])",
             (tenant_id, batch),
         )
         hits: dict[str, dict[str, list[datetime]]] = defaultdict(lambda: defaultdict(list))
-        for h in await all_rows(
+        for h in await db.fetch_all(
             conn,
             "SELECT lead_id, rule_id, occurred_at FROM engagement_hits"
             " WHERE tenant_id = %s AND lead_id = ANY(%s::uuid[])",
@@ -204,14 +200,14 @@ async def rescore(
 
 async def rescore_all(conn: db.Conn, tenant_id: str, now: datetime) -> None:
     """Every lead of the tenant: after its rules changed."""
-    rows = await all_rows(conn, "SELECT id FROM leads WHERE tenant_id = %s", (tenant_id,))
+    rows = await db.fetch_all(conn, "SELECT id FROM leads WHERE tenant_id = %s", (tenant_id,))
     await rescore(conn, tenant_id, [str(r["id"]) for r in rows], now, "rules")
 
 
 async def rescore_due(pool: db.Pool, now: datetime, cap: int = 1000) -> int:
     """Re-score the leads whose decay is due, tenant by tenant; returns how many."""
     async with pool.connection() as conn:
-        due = await all_rows(
+        due = await db.fetch_all(
             conn, "SELECT tenant_id, lead_id FROM sales_leads_due(%s, %s)", (now, cap)
         )
     by_tenant: dict[str, list[str]] = defaultdict(list)
@@ -225,7 +221,7 @@ async def rescore_due(pool: db.Pool, now: datetime, cap: int = 1000) -> int:
 
 async def leads_of_contact(conn: db.Conn, tenant_id: str, contact_id: str) -> list[str]:
     """The leads linked to a contact, or carrying one of its email addresses."""
-    rows = await all_rows(
+    rows = await db.fetch_all(
         conn,
         """
         SELECT id FROM leads WHERE tenant_id = %(t)s AND contact_id = %(c)s
@@ -302,7 +298,7 @@ async def update(
     known = known_id("lead", lead_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR NO KEY UPDATE OF l")
-        check_etag("lead", current.meta, etag)
+        check_etag("lead", current.meta.etag, etag)
         merged = domain.merge(current.fields, draft, paths)
         domain.check_status_change(current.fields.status, merged.status)
         lead, changed = await write(conn, ident, current, domain.finish_lead(merged), now)
@@ -321,7 +317,7 @@ async def delete(pool: db.Pool, ident: Identity, lead_id: str, etag: str, now: d
     known = known_id("lead", lead_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR UPDATE OF l")
-        check_etag("lead", current.meta, etag)
+        check_etag("lead", current.meta.etag, etag)
         await conn.execute("DELETE FROM leads WHERE tenant_id = %s AND id = %s", (tenant_id, known))
         version = current.meta.version + 1
         message = events_pb2.LeadDeleted(metadata=metadata(ident, now), id=known, version=version)
@@ -357,4 +353,4 @@ async def list_page(
         f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY l.score DESC, l.id DESC LIMIT %(limit)s"
     )
     async with db.tenant_tx(pool, tenant_id) as conn:
-        return [_lead(r) for r in await all_rows(conn, query, params)]
+        return [_lead(r) for r in await db.fetch_all(conn, query, params)]

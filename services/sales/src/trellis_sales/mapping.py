@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime
+from collections.abc import Callable
+from datetime import date
 from enum import Enum
 from typing import Any, TypeVar
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.protobuf.internal.containers import MessageMap
-from google.protobuf.message import Message
-
 from crm.sales.v1 import sales_pb2
 from crmkit.errors import Invalid, invalid_field
+from crmkit.protomap import (
+    custom_from_proto,
+    custom_to_proto,
+    enum_from_proto,
+    proto_name,
+    stamp,
+    time_from_proto,
+)
 from trellis_sales import scoring
 from trellis_sales.domain import (
     Activity,
@@ -40,31 +44,16 @@ V = TypeVar("V", bound=int)  # a proto enum's ValueType
 
 
 # --- enums ------------------------------------------------------------------------------------
-# Proto enum values carry their type's name as a prefix ("LEAD_STATUS_NEW"); the domain's
-# members are the rest ("NEW"), so the two map by name and a new value cannot be missed.
-
-
-def _from_proto(name_of: Callable[[V], str], number: V, prefix: str, kind: type[E]) -> E | None:
-    """The domain member of a proto enum number; None for UNSPECIFIED and unknown numbers."""
-    try:
-        name = name_of(number).removeprefix(prefix)
-    except ValueError:  # proto3 enums are open: any number can arrive
-        return None
-    return kind.__members__.get(name)
 
 
 def _enum(
     name_of: Callable[[V], str], number: V, prefix: str, kind: type[E], path: str
 ) -> E | None:
-    """As _from_proto, but an unknown number (not UNSPECIFIED) is the caller's error."""
-    member = _from_proto(name_of, number, prefix, kind)
+    """As enum_from_proto, but an unknown number (not UNSPECIFIED) is the caller's error."""
+    member = enum_from_proto(name_of, number, prefix, kind)
     if member is None and number != 0:
         raise invalid_field(path, f"unknown value {number}")
     return member
-
-
-def _proto_name(member: Enum | None, prefix: str) -> str:
-    return prefix + (member.name if member is not None else "UNSPECIFIED")
 
 
 def lead_status(number: sales_pb2.LeadStatus.ValueType, path: str) -> LeadStatus | None:
@@ -83,36 +72,6 @@ def period(number: sales_pb2.Period.ValueType) -> Period:
 
 
 # --- shared pieces ----------------------------------------------------------------------------
-
-
-def custom_from_proto(values: Mapping[str, struct_pb2.Value]) -> dict[str, object]:
-    """Custom values as sent, for the domain to judge. A list or struct stays a message, which
-    the domain refuses; a Value without a kind reads as null (clears the field)."""
-    out: dict[str, object] = {}
-    for name, value in values.items():
-        kind = value.WhichOneof("kind")
-        out[name] = None if kind in (None, "null_value") else getattr(value, kind)
-    return out
-
-
-def _custom_to_proto(values: Mapping[str, Any], target: MessageMap[str, struct_pb2.Value]) -> None:
-    for name, value in values.items():
-        json_format.ParseDict(value, target[name])
-
-
-def time_from_proto(msg: Message, name: str, path: str) -> datetime | None:
-    if not msg.HasField(name):
-        return None
-    stamp: timestamp_pb2.Timestamp = getattr(msg, name)
-    try:
-        return stamp.ToDatetime(UTC)
-    except (ValueError, OverflowError):  # seconds or nanos outside what a Timestamp may hold
-        raise invalid_field(path, "not a valid time") from None
-
-
-def _stamp(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:
-    if value is not None:
-        target.FromDatetime(value)
 
 
 def _meta(msg: Any, meta: Meta) -> None:
@@ -165,7 +124,7 @@ def factor_to_proto(factor: Factor) -> sales_pb2.ScoreFactor:
     return sales_pb2.ScoreFactor(
         rule_id=factor.rule_id,
         label=factor.label,
-        kind=sales_pb2.RuleKind.Value(_proto_name(factor.kind, "RULE_KIND_")),
+        kind=sales_pb2.RuleKind.Value(proto_name(factor.kind, "RULE_KIND_")),
         points=factor.points,
         events=factor.events,
     )
@@ -184,7 +143,7 @@ def lead_to_proto(lead: Lead) -> sales_pb2.Lead:
         source=f.source,
         contact_id=f.contact_id,
         owner_id=f.owner_id,
-        status=sales_pb2.LeadStatus.Value(_proto_name(f.status, "LEAD_STATUS_")),
+        status=sales_pb2.LeadStatus.Value(proto_name(f.status, "LEAD_STATUS_")),
         tags=f.tags,
         score=lead.score.points,
         score_factors=[factor_to_proto(x) for x in lead.score.factors],
@@ -193,8 +152,8 @@ def lead_to_proto(lead: Lead) -> sales_pb2.Lead:
     )
     _meta(msg, lead.meta)
     msg.score_time.FromDatetime(lead.score_time)
-    _stamp(msg.convert_time, lead.convert_time)
-    _custom_to_proto(f.custom_fields, msg.custom_fields)
+    stamp(msg.convert_time, lead.convert_time)
+    custom_to_proto(f.custom_fields, msg.custom_fields)
     return msg
 
 
@@ -231,12 +190,12 @@ def rule_to_proto(rule: Rule) -> sales_pb2.ScoringRule:
     f = rule.fields
     msg = sales_pb2.ScoringRule(
         label=f.label,
-        kind=sales_pb2.RuleKind.Value(_proto_name(f.kind, "RULE_KIND_")),
+        kind=sales_pb2.RuleKind.Value(proto_name(f.kind, "RULE_KIND_")),
         points=f.points,
         conditions=[
             sales_pb2.Condition(
                 field=c.field,
-                operator=sales_pb2.Operator.Value(_proto_name(c.operator, "OPERATOR_")),
+                operator=sales_pb2.Operator.Value(proto_name(c.operator, "OPERATOR_")),
                 values=c.values,
             )
             for c in f.conditions
@@ -303,7 +262,7 @@ def pipeline_to_proto(pipeline: Pipeline) -> sales_pb2.Pipeline:
                 id=s.id,
                 name=s.name,
                 probability=s.probability,
-                kind=sales_pb2.StageKind.Value(_proto_name(s.kind, "STAGE_KIND_")),
+                kind=sales_pb2.StageKind.Value(proto_name(s.kind, "STAGE_KIND_")),
             )
             for s in f.stages
         ],
@@ -354,14 +313,14 @@ def deal_to_proto(deal: Deal) -> sales_pb2.Deal:
         contact_id=f.contact_id,
         company_id=f.company_id,
         forecast_category=sales_pb2.ForecastCategory.Value(
-            _proto_name(f.forecast_category, "FORECAST_CATEGORY_")
+            proto_name(f.forecast_category, "FORECAST_CATEGORY_")
         ),
         lead_id=deal.lead_id,
         contact=summary_to_proto(deal.contact),
     )
     _meta(msg, deal.meta)
-    _stamp(msg.close_time, deal.close_time)
-    _custom_to_proto(f.custom_fields, msg.custom_fields)
+    stamp(msg.close_time, deal.close_time)
+    custom_to_proto(f.custom_fields, msg.custom_fields)
     return msg
 
 
@@ -384,7 +343,7 @@ def activity_draft(msg: sales_pb2.Activity, path: str = "activity") -> ActivityF
 def activity_to_proto(activity: Activity) -> sales_pb2.Activity:
     f = activity.fields
     msg = sales_pb2.Activity(
-        kind=sales_pb2.ActivityKind.Value(_proto_name(f.kind, "ACTIVITY_KIND_")),
+        kind=sales_pb2.ActivityKind.Value(proto_name(f.kind, "ACTIVITY_KIND_")),
         subject=f.subject,
         body=f.body,
         lead_id=f.lead_id,
@@ -393,6 +352,6 @@ def activity_to_proto(activity: Activity) -> sales_pb2.Activity:
         owner_id=f.owner_id,
     )
     _meta(msg, activity.meta)
-    _stamp(msg.due_time, f.due_time)
-    _stamp(msg.done_time, activity.done_time)
+    stamp(msg.due_time, f.due_time)
+    stamp(msg.done_time, activity.done_time)
     return msg

@@ -11,11 +11,11 @@ import psycopg
 
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import Duplicate, FailedPrecondition, Invalid, NotFound
-from crmkit.ids import new_id
+from crmkit.errors import Duplicate, FailedPrecondition, Invalid, NotFound, check_etag
+from crmkit.ids import known_id, new_id
 from trellis_sales import domain
 from trellis_sales.domain import Pipeline, PipelineFields, Stage, StageKind
-from trellis_sales.store import all_rows, check_etag, known_id, meta, one
+from trellis_sales.store import meta
 
 _COLUMNS = "id, name, is_default, version, etag, create_time, update_time"
 
@@ -23,7 +23,7 @@ _COLUMNS = "id, name, is_default, version, etag, create_time, update_time"
 async def ensure_tenant(conn: db.Conn, tenant_id: str, now: datetime) -> None:
     """On a tenant's first use, its default pipeline. Concurrent first uses wait on the
     sales_tenants key for the first one's commit, and only the one that inserted creates it."""
-    row = await one(
+    row = await db.fetch_one(
         conn,
         "INSERT INTO sales_tenants (tenant_id) VALUES (%s) ON CONFLICT DO NOTHING"
         " RETURNING tenant_id",
@@ -38,7 +38,7 @@ async def ensure_tenant(conn: db.Conn, tenant_id: str, now: datetime) -> None:
 
 async def _insert(conn: db.Conn, tenant_id: str, fields: PipelineFields, now: datetime) -> Pipeline:
     pipeline_id = new_id()
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"""
         INSERT INTO pipelines (tenant_id, id, name, is_default, create_time, update_time)
@@ -75,7 +75,7 @@ async def _write_stages(
 
 
 async def stages_of(conn: db.Conn, tenant_id: str, pipeline_id: str) -> tuple[Stage, ...]:
-    rows = await all_rows(
+    rows = await db.fetch_all(
         conn,
         "SELECT id, name, probability, kind FROM stages"
         " WHERE tenant_id = %s AND pipeline_id = %s ORDER BY position",
@@ -92,7 +92,7 @@ async def _pipeline(conn: db.Conn, tenant_id: str, row: dict[str, Any]) -> Pipel
 
 
 async def select(conn: db.Conn, tenant_id: str, pipeline_id: str, lock: str = "") -> Pipeline:
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"SELECT {_COLUMNS} FROM pipelines WHERE tenant_id = %s AND id = %s {lock}",
         (tenant_id, pipeline_id),
@@ -103,7 +103,7 @@ async def select(conn: db.Conn, tenant_id: str, pipeline_id: str, lock: str = ""
 
 
 async def default_id(conn: db.Conn, tenant_id: str) -> str:
-    row = await one(
+    row = await db.fetch_one(
         conn, "SELECT id FROM pipelines WHERE tenant_id = %s AND is_default", (tenant_id,)
     )
     assert row is not None  # ensure_tenant made one, and the default cannot be deleted
@@ -136,7 +136,7 @@ async def get(pool: db.Pool, tenant_id: str, pipeline_id: str) -> Pipeline:
 
 
 async def _stages_in_use(conn: db.Conn, tenant_id: str, stage_ids: Sequence[str]) -> set[str]:
-    rows = await all_rows(
+    rows = await db.fetch_all(
         conn,
         "SELECT DISTINCT stage_id FROM deals WHERE tenant_id = %s AND stage_id = ANY(%s::uuid[])",
         (tenant_id, list(stage_ids)),
@@ -159,7 +159,7 @@ async def update(
     known = known_id("pipeline", pipeline_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("pipeline", current.meta, etag)
+        check_etag("pipeline", current.meta.etag, etag)
         merged = domain.merge(current.fields, draft, paths)
         if current.fields.is_default and not merged.is_default:
             raise Invalid([("pipeline.is_default", "make another pipeline the default instead")])
@@ -171,7 +171,7 @@ async def update(
             await _clear_default(conn, tenant_id, now)
         try:
             async with conn.transaction():  # a savepoint: a taken name must not abort the call
-                row = await one(
+                row = await db.fetch_one(
                     conn,
                     f"""
                     UPDATE pipelines SET name = %s, is_default = %s, version = version + 1,
@@ -225,12 +225,12 @@ async def delete(pool: db.Pool, ident: Identity, pipeline_id: str, etag: str) ->
     known = known_id("pipeline", pipeline_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("pipeline", current.meta, etag)
+        check_etag("pipeline", current.meta.etag, etag)
         if current.fields.is_default:
             raise FailedPrecondition(
                 "the default pipeline cannot be deleted; make another one the default first"
             )
-        busy = await one(
+        busy = await db.fetch_one(
             conn,
             "SELECT 1 AS busy FROM deals WHERE tenant_id = %s AND pipeline_id = %s LIMIT 1",
             (tenant_id, known),
@@ -247,7 +247,7 @@ async def list_page(
 ) -> list[Pipeline]:
     async with db.tenant_tx(pool, tenant_id) as conn:
         await ensure_tenant(conn, tenant_id, now)
-        rows = await all_rows(
+        rows = await db.fetch_all(
             conn,
             f"SELECT {_COLUMNS} FROM pipelines WHERE tenant_id = %s AND (%s::uuid IS NULL"
             " OR id > %s::uuid) ORDER BY id LIMIT %s",

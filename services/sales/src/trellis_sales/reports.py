@@ -16,7 +16,6 @@ from crmkit import db
 from crmkit.errors import Invalid
 from trellis_sales import pipelines
 from trellis_sales.domain import Period, StageKind
-from trellis_sales.store import all_rows, one
 
 MAX_FORECAST_ROWS = 10_000
 MAX_RANGE_DAYS = 3660
@@ -89,7 +88,7 @@ async def forecast(
     }
     query = _FORECAST.format(filters=_filters(owner_id, pipeline_id, params))
     async with db.tenant_tx(pool, tenant_id) as conn:
-        rows = await all_rows(conn, query, params)
+        rows = await db.fetch_all(conn, query, params)
     if len(rows) > MAX_FORECAST_ROWS:
         raise Invalid(
             [("end_date", f"more than {MAX_FORECAST_ROWS} rows: narrow the range or the owners")]
@@ -108,7 +107,7 @@ async def funnel(
             await pipelines.ensure_tenant(conn, tenant_id, now)
             pipeline_id = await pipelines.default_id(conn, tenant_id)
         pipeline = await pipelines.select(conn, tenant_id, pipeline_id)
-        rows = await all_rows(
+        rows = await db.fetch_all(
             conn,
             """
             SELECT d.id, d.stage_id, array_agg(sc.to_stage_id) AS entered
@@ -164,7 +163,7 @@ async def win_rate(
           {_filters(owner_id, pipeline_id, params)}
     """
     async with db.tenant_tx(pool, tenant_id) as conn:
-        totals = await one(
+        totals = await db.fetch_one(
             conn,
             "SELECT count(*) FILTER (WHERE s.kind = 'closed_won') AS won,"
             " count(*) FILTER (WHERE s.kind = 'closed_lost') AS lost,"
@@ -172,7 +171,7 @@ async def win_rate(
             " FILTER (WHERE s.kind = 'closed_won') AS cycle" + closed,
             params,
         )
-        amounts = await all_rows(
+        amounts = await db.fetch_all(
             conn,
             "SELECT d.currency, count(*) AS won_deals, sum(d.amount)::bigint AS won_amount,"
             " round(avg(d.amount::numeric))::bigint AS average_deal_size"

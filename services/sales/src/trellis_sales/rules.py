@@ -10,11 +10,10 @@ from psycopg.types.json import Jsonb
 
 from crmkit import db
 from crmkit.context import Identity
-from crmkit.errors import FailedPrecondition, NotFound
-from crmkit.ids import new_id
+from crmkit.errors import FailedPrecondition, NotFound, check_etag
+from crmkit.ids import known_id, new_id
 from trellis_sales import domain, leads, mapping, scoring
 from trellis_sales.scoring import Rule, RuleFields
-from trellis_sales.store import all_rows, check_etag, known_id, one
 
 _COLUMNS = (
     "id, label, kind, points, conditions, event_type, contact_field, half_life_days,"
@@ -43,7 +42,7 @@ async def _serialise(conn: db.Conn, tenant_id: str) -> None:
 
 
 async def _select(conn: db.Conn, tenant_id: str, rule_id: str, lock: str = "") -> Rule:
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"SELECT {_COLUMNS} FROM scoring_rules WHERE tenant_id = %s AND id = %s {lock}",
         (tenant_id, rule_id),
@@ -58,12 +57,12 @@ async def create(pool: db.Pool, ident: Identity, draft: RuleFields, now: datetim
     fields = scoring.check_rule(draft)
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _serialise(conn, tenant_id)
-        count = await one(
+        count = await db.fetch_one(
             conn, "SELECT count(*) AS n FROM scoring_rules WHERE tenant_id = %s", (tenant_id,)
         )
         if count is not None and count["n"] >= scoring.MAX_RULES:
             raise FailedPrecondition(f"a tenant has at most {scoring.MAX_RULES} scoring rules")
-        row = await one(
+        row = await db.fetch_one(
             conn,
             "INSERT INTO scoring_rules (tenant_id, id, label, kind, points, conditions,"
             " event_type, contact_field, half_life_days, create_time, update_time)"
@@ -95,11 +94,11 @@ async def update(
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _serialise(conn, tenant_id)
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("scoring rule", current.meta, etag)
+        check_etag("scoring rule", current.meta.etag, etag)
         fields = scoring.check_rule(domain.merge(current.fields, draft, paths))
         if not domain.changed_fields(current.fields, fields):
             return current
-        row = await one(
+        row = await db.fetch_one(
             conn,
             "UPDATE scoring_rules SET (label, kind, points, conditions, event_type, contact_field,"
             " half_life_days, version, etag, update_time) ="
@@ -124,7 +123,7 @@ async def delete(pool: db.Pool, ident: Identity, rule_id: str, etag: str, now: d
     async with db.tenant_tx(pool, tenant_id) as conn:
         await _serialise(conn, tenant_id)
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        check_etag("scoring rule", current.meta, etag)
+        check_etag("scoring rule", current.meta.etag, etag)
         # Its engagement hits go with it (ON DELETE CASCADE).
         await conn.execute(
             "DELETE FROM scoring_rules WHERE tenant_id = %s AND id = %s", (tenant_id, known)
@@ -134,7 +133,7 @@ async def delete(pool: db.Pool, ident: Identity, rule_id: str, etag: str, now: d
 
 async def list_page(pool: db.Pool, tenant_id: str, after: str | None, limit: int) -> list[Rule]:
     async with db.tenant_tx(pool, tenant_id) as conn:
-        rows = await all_rows(
+        rows = await db.fetch_all(
             conn,
             f"SELECT {_COLUMNS} FROM scoring_rules WHERE tenant_id = %s"
             " AND (%s::uuid IS NULL OR id > %s::uuid) ORDER BY id LIMIT %s",

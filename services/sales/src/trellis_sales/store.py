@@ -13,13 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message
-from psycopg.abc import Params, QueryNoTemplate
 
 from crm.common.v1 import common_pb2
 from crmkit import db, outbox
 from crmkit.context import Identity
-from crmkit.errors import Invalid, NotFound, StaleEtag
-from crmkit.ids import canonical_uuid
+from crmkit.errors import Invalid
 from trellis_sales.domain import ContactSummary, Meta
 
 Clock = Callable[[], datetime]
@@ -27,24 +25,6 @@ Clock = Callable[[], datetime]
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
-
-
-async def one(conn: db.Conn, query: QueryNoTemplate, params: Params) -> dict[str, Any] | None:
-    cur = await conn.execute(query, params)
-    return await cur.fetchone()
-
-
-async def all_rows(conn: db.Conn, query: QueryNoTemplate, params: Params) -> list[dict[str, Any]]:
-    cur = await conn.execute(query, params)
-    return await cur.fetchall()
-
-
-def known_id(kind: str, value: str) -> str:
-    """An id that cannot exist is simply not found: the same answer as another tenant's id."""
-    found = canonical_uuid(value)
-    if found is None:
-        raise NotFound(kind, value)
-    return found
 
 
 def meta(row: dict[str, Any]) -> Meta:
@@ -55,11 +35,6 @@ def meta(row: dict[str, Any]) -> Meta:
         create_time=row["create_time"],
         update_time=row["update_time"],
     )
-
-
-def check_etag(kind: str, current: Meta, etag: str) -> None:
-    if etag and etag != current.etag:
-        raise StaleEtag(kind)
 
 
 def metadata(ident: Identity, at: datetime) -> common_pb2.EventMetadata:
@@ -95,7 +70,7 @@ async def link(conn: db.Conn, tenant_id: str, table: str, record_id: str, path: 
         f"INSERT INTO {table} (tenant_id, id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
         (tenant_id, record_id),
     )
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"SELECT deleted FROM {table} WHERE tenant_id = %s AND id = %s FOR SHARE",
         (tenant_id, record_id),

@@ -18,12 +18,13 @@ from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2_grpc
 from crm.sales.v1 import sales_pb2_grpc
-from crmkit import auth, bus, migrations
+from crmkit import bus
 from crmkit.config import ServiceSettings
 from crmkit.service import ServiceDefinition, serve
 from trellis_contacts.app import DEFINITION as CONTACTS
 from trellis_contacts.config import ContactsSettings
-from trellis_devstack.infra import Nats, Postgres, free_port
+from trellis_devstack import testing
+from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.probes import wait_for_health
 from trellis_sales.app import definition
 from trellis_sales.config import SalesSettings
@@ -35,18 +36,7 @@ def _settings(
     cls: type[ServiceSettings], app_url: str, nats_url: str, **extra: object
 ) -> ServiceSettings:
     return cls.model_validate(
-        {
-            "database_url": app_url,
-            "bind_host": "127.0.0.1",
-            "grpc_port": free_port(),
-            "metrics_port": 0,
-            "db_pool_min": 1,
-            "db_pool_max": 10,
-            "shutdown_grace_seconds": 2,
-            "NATS_URL": nats_url,
-            "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
-            **extra,
-        }
+        {**testing.service_settings(nats_url, KEY), "database_url": app_url, **extra}
     )
 
 
@@ -71,16 +61,10 @@ class Hosted:
             await self._task
 
 
-async def _database(postgres: Postgres, defn: ServiceDefinition, name: str) -> tuple[str, str]:
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, defn.migrations(), f"{name}_app")
-    return owner_url, app_url
-
-
 @pytest.fixture(scope="session")
 async def contacts_service(postgres: Postgres, nats_server: Nats) -> AsyncIterator[Hosted]:
     name = f"contacts_{uuid.uuid4().hex[:8]}"
-    _, app_url = await _database(postgres, CONTACTS, name)
+    app_url = await testing.migrated_database(postgres, CONTACTS, name)
     hosted = Hosted(CONTACTS, _settings(ContactsSettings, app_url, nats_server.url))
     await hosted.start()
     yield hosted
@@ -95,7 +79,7 @@ async def service(
     name = f"sales_{uuid.uuid4().hex[:8]}"
     clock = ManualClock()
     defn = definition(clock)
-    _, app_url = await _database(postgres, defn, name)
+    app_url = await testing.migrated_database(postgres, defn, name)
     # The address the chart and devstack would give it (SalesSettings.callees reads the env).
     os.environ["SALES_CONTACTS_ADDR"] = contacts_service.address
     settings = _settings(SalesSettings, app_url, nats_server.url, rescore_interval_seconds=0.2)

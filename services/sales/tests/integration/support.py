@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,8 +15,8 @@ from nats.js import JetStreamContext
 from crm.contacts.v1 import contacts_pb2_grpc
 from crm.sales.v1 import sales_pb2, sales_pb2_grpc
 from crmkit import auth, bus
-from crmkit.context import Identity
 from crmkit.ids import new_id
+from trellis_devstack import testing
 
 KEY = auth.SigningKey.generate("gateway-test")
 ALL = ("sales:read", "sales:write", "sales:admin", "contacts:read", "contacts:write")
@@ -47,23 +47,10 @@ class Running:
     admin_url: str  # superuser: sees every tenant's rows
 
     async def count(self, table: str, tenant_id: str) -> int:
-        async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
-            cur = await conn.execute(
-                psycopg.sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
-                    psycopg.sql.Identifier(table)
-                ),
-                (tenant_id,),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            return int(row[0])
+        return await testing.count_rows(self.admin_url, table, tenant_id)
 
     async def outbox_types(self, tenant_id: str) -> list[str]:
-        async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
-            cur = await conn.execute(
-                "SELECT ce_type FROM outbox WHERE tenant_id = %s ORDER BY seq", (tenant_id,)
-            )
-            return [r[0] for r in await cur.fetchall()]
+        return await testing.outbox_types(self.admin_url, tenant_id)
 
     async def outbox_events(self, tenant_id: str, ce_type: str) -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(self.admin_url) as conn:
@@ -108,7 +95,7 @@ class Running:
 
 
 def token(tenant_id: str, scopes: Iterable[str] = ALL, principal: str = "key-1") -> str:
-    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), KEY, ttl_seconds=120)
+    return testing.mint(KEY, tenant_id, scopes, principal)
 
 
 @dataclass
@@ -120,15 +107,6 @@ class Tenant:
         if key:
             md.append(("idempotency-key", key))
         return tuple(md)
-
-
-async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    """The error a call fails with (and a test failure if it succeeds)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    raise AssertionError("the call succeeded")
 
 
 async def create_lead(service: Running, tenant: Tenant, **fields: Any) -> sales_pb2.Lead:

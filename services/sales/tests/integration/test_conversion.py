@@ -11,9 +11,10 @@ import pytest
 
 from crm.contacts.v1 import contacts_pb2
 from crm.sales.v1 import sales_pb2
+from trellis_devstack.testing import failure
 
 from .conftest import Hosted
-from .support import Running, Tenant, create_lead, failure
+from .support import Running, Tenant, create_lead
 
 
 def _email() -> str:

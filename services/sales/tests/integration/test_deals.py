@@ -7,8 +7,9 @@ import asyncio
 import grpc
 
 from crm.sales.v1 import sales_pb2
+from trellis_devstack.testing import failure
 
-from .support import Running, Tenant, create_deal, default_pipeline, failure
+from .support import Running, Tenant, create_deal, default_pipeline
 
 
 async def _move(service: Running, tenant: Tenant, deal_id: str, stage_id: str) -> sales_pb2.Deal:

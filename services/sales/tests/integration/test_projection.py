@@ -8,8 +8,9 @@ import grpc
 
 from crm.sales.v1 import sales_pb2
 from crmkit.ids import new_id
+from trellis_devstack.testing import failure
 
-from .support import Running, Tenant, create_deal, create_lead, failure
+from .support import Running, Tenant, create_deal, create_lead
 from .test_scoring import until
 
 CREATED, UPDATED = "crm.contacts.contact.created.v1", "crm.contacts.contact.updated.v1"

@@ -10,16 +10,9 @@ import grpc
 import pytest
 
 from crm.sales.v1 import sales_pb2 as pb
+from trellis_devstack.testing import failure
 
-from .support import (
-    Running,
-    Tenant,
-    create_deal,
-    create_lead,
-    create_rule,
-    default_pipeline,
-    failure,
-)
+from .support import Running, Tenant, create_deal, create_lead, create_rule, default_pipeline
 
 
 async def _records(service: Running, tenant: Tenant) -> dict[str, str]:

@@ -9,11 +9,11 @@ agree.
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
@@ -23,7 +23,8 @@ from crmkit import db, paging, text, updates
 from crmkit.client import Callee
 from crmkit.context import caller
 from crmkit.errors import Invalid, ServiceError, invalid_field, permission_denied
-from crmkit.ids import canonical_uuid
+from crmkit.ids import canonical_uuid, filter_id
+from crmkit.protomap import time_from_proto
 from trellis_support import (
     domain,
     kb,
@@ -48,32 +49,11 @@ DEFAULT_SUGGESTIONS = 5
 MAX_REPORT_RANGE = timedelta(days=400)
 
 
-def _filter_text(value: str, path: str) -> str:
-    out: list[tuple[str, str]] = []
-    value = text.one_line(value, path, out)
-    if out:
-        raise Invalid(out)
-    return value
-
-
 def _time(request: Message, field: str) -> datetime:
-    if not request.HasField(field):
+    found = time_from_proto(request, field, field)
+    if found is None:
         raise invalid_field(field, "required")
-    stamp: timestamp_pb2.Timestamp = getattr(request, field)
-    try:
-        return stamp.ToDatetime(UTC)
-    except ValueError:  # seconds or nanos outside what a Timestamp may hold
-        raise invalid_field(field, "not a valid time") from None
-
-
-def _after_id(token: str, filters: dict[str, object]) -> str | None:
-    after = paging.decode_page_token(token, filters, arity=1)
-    if after is None:
-        return None
-    after_id = canonical_uuid(str(after[0]))
-    if after_id is None:
-        raise invalid_field("page_token", "malformed page token")
-    return after_id
+    return found
 
 
 def _after_pair(token: str, filters: dict[str, object]) -> tuple[int, str] | None:
@@ -167,20 +147,19 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         self, request: pb.ListTicketsRequest, context: Ctx
     ) -> pb.ListTicketsResponse:
         size = paging.page_size(request.page_size)
-        contact_id = request.contact_id.strip()
-        contact = canonical_uuid(contact_id) if contact_id else ""
-        if contact is None:  # ids are opaque: one that cannot exist matches nothing
+        contact = filter_id(request.contact_id)
+        if contact is None:
             return pb.ListTicketsResponse()
         filters = ticket_store.TicketFilter(
             status=mapping.STATUS.from_proto(request.status, "status"),
             priority=mapping.PRIORITY.from_proto(request.priority, "priority"),
-            assignee_id=_filter_text(request.assignee_id, "assignee_id"),
-            team=_filter_text(request.team, "team"),
+            assignee_id=text.filter_text(request.assignee_id, "assignee_id"),
+            team=text.filter_text(request.team, "team"),
             contact_id=contact,
-            tag=_filter_text(request.tag, "tag"),
+            tag=text.filter_text(request.tag, "tag"),
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         views = await ticket_store.page(self._pool, caller().tenant_id, filters, after, size + 1)
         now = self._clock()
         tickets, token = paging.next_page(
@@ -242,7 +221,7 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
     ) -> pb.ListCommentsResponse:
         size = paging.page_size(request.page_size)
         fingerprint: dict[str, object] = {"ticket_id": request.ticket_id}
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         found = await ticket_store.comments_page(
             self._pool, caller().tenant_id, request.ticket_id, after, size + 1
         )
@@ -346,11 +325,11 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         filters = kb_store.ArticleFilter(
             status=status,
             locale=kb.locale_filter(request.locale, "locale"),
-            tag=_filter_text(request.tag, "tag"),
+            tag=text.filter_text(request.tag, "tag"),
             published_only=not agent,
         )
         fingerprint = dataclasses.asdict(filters)
-        after = _after_id(request.page_token, fingerprint)
+        after = paging.after_id(request.page_token, fingerprint)
         found = await kb_store.page(self._pool, caller().tenant_id, filters, after, size + 1)
         items, token = paging.next_page(
             [mapping.article_to_proto(a) for a in found], size, lambda a: [a.id], fingerprint
@@ -361,7 +340,7 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         self, request: pb.SearchArticlesRequest, context: Ctx
     ) -> pb.SearchArticlesResponse:
         size = paging.page_size(request.page_size)
-        query = _filter_text(request.query, "query")
+        query = text.filter_text(request.query, "query")
         if not query:
             raise invalid_field("query", "must not be empty")
         locale = kb.locale_filter(request.locale, "locale")

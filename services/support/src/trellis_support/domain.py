@@ -6,17 +6,16 @@ Validation collects every problem of a request at once and names each by its req
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from crmkit import text
+from crmkit import customvalues, text
 from crmkit.errors import Invalid, Violation
-from crmkit.ids import canonical_uuid
+from crmkit.ids import canonical_uuid, reference
 from trellis_support.sla import (
     AppliedPolicy,
     ClockFacts,
@@ -168,16 +167,8 @@ class Comment:
     create_time: datetime
 
 
-MAX_CUSTOM_STRING = 1000  # characters; Value has no proto option to carry the bound
-_CUSTOM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _LINE_BREAKS = re.compile(r"[\t\n\r]")
-
-
-def _required(value: str, path: str, out: list[Violation]) -> str:
-    value = text.one_line(value, path, out)
-    if not value:
-        out.append((path, "must not be empty"))
-    return value
+_NOT_A_SCALAR = "must be a string, a number, a boolean or null"  # null clears the field
 
 
 def long_text(value: str, path: str, out: list[Violation]) -> str:
@@ -188,53 +179,18 @@ def long_text(value: str, path: str, out: list[Violation]) -> str:
     return value
 
 
-def _reference(value: str, path: str, what: str, out: list[Violation]) -> str:
-    value = value.strip()
-    if not value:
-        return ""
-    ref = canonical_uuid(value)
-    if ref is None:
-        out.append((path, f"no such {what}"))
-        return value
-    return ref
-
-
-def tags(values: Iterable[str], path: str, out: list[Violation]) -> tuple[str, ...]:
-    """Trimmed, one-line, non-empty tags; a repeated tag is kept once."""
-    result: list[str] = []
-    for i, raw in enumerate(values):
-        tag = text.one_line(raw, f"{path}[{i}]", out)
-        if not tag:
-            out.append((f"{path}[{i}]", "must not be empty"))
-        elif tag not in result:
-            result.append(tag)
-    return tuple(result)
-
-
-def _custom_value(value: object) -> str | None:
-    """What is wrong with a custom field value, or None when it fits."""
-    if isinstance(value, str):
-        if len(value) > MAX_CUSTOM_STRING:
-            return f"longer than {MAX_CUSTOM_STRING} characters"
-        if "\x00" in value:
-            return "must not contain NUL characters"
-        return None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return None if math.isfinite(value) else "must be a finite number"
-    return "must be a string, a number, a boolean or null"
-
-
 def _custom_fields(
     values: Mapping[str, object], path: str, out: list[Violation]
 ) -> dict[str, object]:
     kept: dict[str, object] = {}
     for name, value in values.items():
         where = f"{path}.{name}"
-        if not _CUSTOM_NAME.fullmatch(name):
+        if not customvalues.NAME.fullmatch(name):
             out.append((where, "names are lower-case letters, digits and underscores"))
-        elif value is not None and (problem := _custom_value(value)) is not None:
+        elif (
+            value is not None
+            and (problem := customvalues.scalar_problem(value, _NOT_A_SCALAR)) is not None
+        ):
             out.append((where, problem))
         else:
             kept[name] = value
@@ -256,19 +212,19 @@ def normalize_ticket(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "subject":
-                changes[name] = _required(value, path, out)
+                changes[name] = text.required(value, path, out)
             case "description":
                 changes[name] = long_text(value, path, out)
             case "contact_id":
-                changes[name] = _reference(value, path, "contact", out)
+                changes[name] = reference(value, path, out, "contact")
                 if not changes[name]:
                     out.append((path, "must not be empty"))
             case "company_id":
-                changes[name] = _reference(value, path, "company", out)
+                changes[name] = reference(value, path, out, "company")
             case "assignee_id" | "team":
                 changes[name] = text.one_line(value, path, out)
             case "tags":
-                changes[name] = tags(value, path, out)
+                changes[name] = text.tags(value, path, out)
             case "custom_fields":
                 changes[name] = _custom_fields(value, path, out)
             case "priority" | "channel" if update and value is None:

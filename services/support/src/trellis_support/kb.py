@@ -130,9 +130,7 @@ def normalize_article(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "title":
-                changes[name] = text.one_line(value, path, out)
-                if not changes[name]:
-                    out.append((path, "must not be empty"))
+                changes[name] = text.required(value, path, out)
             case "body":
                 changes[name] = domain.long_text(value, path, out)
             case "locale":
@@ -141,7 +139,7 @@ def normalize_article(
                     out.append((path, 'not a language tag, e.g. "en" or "pt-BR"'))
                 changes[name] = locale or value
             case "tags":
-                changes[name] = domain.tags(value, path, out)
+                changes[name] = text.tags(value, path, out)
     if out:
         raise Invalid(out)
     return replace(draft, **changes)

@@ -14,11 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from crmkit import db, updates
-from crmkit.errors import NotFound, StaleEtag
+from crmkit.errors import NotFound, check_etag
 from crmkit.ids import new_id
 from trellis_support import kb
 from trellis_support.kb import Article, ArticleFields, ArticleStatus
-from trellis_support.rows import every, known_id, one
+from trellis_support.rows import known_id
 
 _COLUMNS = (
     "a.id, a.title, a.body, a.status, a.locale, a.tags, a.version, a.etag, a.create_time,"
@@ -77,7 +77,7 @@ def _visible(published_only: bool) -> str:
 async def create(pool: db.Pool, tenant_id: str, f: ArticleFields, now: datetime) -> Article:
     published = now if f.status is ArticleStatus.PUBLISHED else None
     async with db.tenant_tx(pool, tenant_id) as conn:
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"""
             INSERT INTO kb_articles AS a (tenant_id, id, title, body, status, locale,
@@ -107,7 +107,7 @@ async def create(pool: db.Pool, tenant_id: str, f: ArticleFields, now: datetime)
 async def _select(
     conn: db.Conn, tenant_id: str, article_id: str, published_only: bool, lock: str = ""
 ) -> Article:
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"SELECT {_COLUMNS} FROM kb_articles a WHERE a.tenant_id = %s AND a.id = %s"
         f"{_visible(published_only)} {lock}",
@@ -137,8 +137,7 @@ async def update(
     known = known_id("article", article_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, False, "FOR NO KEY UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("article")
+        check_etag("article", current.etag, etag)
         merged = kb.finish_update(updates.merge(current.fields, draft, paths), paths)
         if not updates.changed_fields(current.fields, merged):
             return current
@@ -147,7 +146,7 @@ async def update(
             if merged.status is ArticleStatus.PUBLISHED and current.publish_time is None
             else current.publish_time
         )
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"""
             UPDATE kb_articles a SET title = %s, body = %s, status = %s, locale = %s,
@@ -177,8 +176,7 @@ async def delete(pool: db.Pool, tenant_id: str, article_id: str, etag: str) -> N
     known = known_id("article", article_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, False, "FOR UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("article")
+        check_etag("article", current.etag, etag)
         await conn.execute(
             "DELETE FROM kb_articles WHERE tenant_id = %s AND id = %s", (tenant_id, known)
         )
@@ -204,7 +202,7 @@ async def page(
         where.append("a.id < %(after)s")
         params["after"] = after
     async with db.tenant_tx(pool, tenant_id) as conn:
-        rows = await every(
+        rows = await db.fetch_all(
             conn,
             f"SELECT {_COLUMNS} FROM kb_articles a WHERE {' AND '.join(where)}"
             " ORDER BY a.id DESC LIMIT %(limit)s",
@@ -272,7 +270,7 @@ async def search(
         params |= {"after_rank": after[0], "after_id": after[1]}
     sql = _SEARCH.replace("{where}", where)
     async with db.tenant_tx(pool, tenant_id) as conn:
-        return _matches(await every(conn, sql, params))
+        return _matches(await db.fetch_all(conn, sql, params))
 
 
 async def suggest(pool: db.Pool, tenant_id: str, text: str, limit: int) -> list[Match]:
@@ -280,4 +278,4 @@ async def suggest(pool: db.Pool, tenant_id: str, text: str, limit: int) -> list[
     params = {"tenant_id": tenant_id, "text": text, "configs": _ALL_CONFIGS, "limit": limit}
     sql = _SUGGEST.replace("{where}", _visible(True))
     async with db.tenant_tx(pool, tenant_id) as conn:
-        return _matches(await every(conn, sql, params))
+        return _matches(await db.fetch_all(conn, sql, params))

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
-from google.protobuf.internal.containers import MessageMap
+from google.protobuf import duration_pb2
 
 from crm.contacts.v1 import contacts_pb2
 from crm.support.v1 import support_pb2 as pb
 from crmkit.errors import Invalid
+from crmkit.protomap import custom_from_proto, custom_to_proto, stamp
 from trellis_support.business_hours import MINUTES_PER_DAY, BusinessCalendar
 from trellis_support.domain import (
     AuthorType,
@@ -90,11 +90,6 @@ TARGET_STATE = _enum(pb.SlaTargetState, "SLA_TARGET_STATE_", TargetState)
 ARTICLE_STATUS = _enum(pb.ArticleStatus, "ARTICLE_STATUS_", ArticleStatus)
 
 
-def _stamp(target: timestamp_pb2.Timestamp, at: datetime | None) -> None:
-    if at is not None:
-        target.FromDatetime(at)
-
-
 def _seconds(d: duration_pb2.Duration) -> float:
     return d.seconds + d.nanos / 1e9
 
@@ -102,22 +97,6 @@ def _seconds(d: duration_pb2.Duration) -> float:
 def _duration(target: duration_pb2.Duration, seconds: float) -> None:
     # Whole milliseconds: enough for business time, and a stable JSON form ("3600s", "1.5s").
     target.FromTimedelta(timedelta(milliseconds=round(seconds * 1000)))
-
-
-def custom_from_proto(values: Mapping[str, struct_pb2.Value]) -> dict[str, object]:
-    """Custom values as sent, for the domain to judge. Not json_format: it raises on NaN and
-    infinities, which are bad input, not a crash. A list or struct stays a message, which no
-    rule accepts; a Value without a kind reads as None, as null does: both clear the field."""
-    out: dict[str, object] = {}
-    for name, value in values.items():
-        kind = value.WhichOneof("kind")
-        out[name] = None if kind in (None, "null_value") else getattr(value, kind)
-    return out
-
-
-def _custom_to_proto(values: Mapping[str, Any], target: MessageMap[str, struct_pb2.Value]) -> None:
-    for name, value in values.items():
-        json_format.ParseDict(value, target[name])
 
 
 # --- tickets ----------------------------------------------------------------------------------
@@ -147,10 +126,10 @@ def target_to_proto(status: TargetStatus) -> pb.SlaTargetStatus:
     )
     _duration(msg.target_duration, status.target_seconds)
     _duration(msg.elapsed, status.elapsed)
-    _stamp(msg.start_time, status.start)
-    _stamp(msg.due_time, status.due_at)
-    _stamp(msg.warning_time, status.warning_at)
-    _stamp(msg.completed_time, status.completed_at)
+    stamp(msg.start_time, status.start)
+    stamp(msg.due_time, status.due_at)
+    stamp(msg.warning_time, status.warning_at)
+    stamp(msg.completed_time, status.completed_at)
     return msg
 
 
@@ -175,19 +154,19 @@ def ticket_to_proto(view: TicketView, now: datetime) -> pb.Ticket:
         version=t.version,
         etag=t.etag,
     )
-    _custom_to_proto(f.custom_fields, msg.custom_fields)
+    custom_to_proto(f.custom_fields, msg.custom_fields)
     if t.policy is not None:
         msg.sla.policy_id = t.policy.policy_id
         msg.sla.policy_name = t.policy.name
         msg.sla.targets.extend(target_to_proto(s) for s in view.sla(now))
-    _stamp(msg.first_response_time, t.first_response)
-    _stamp(msg.solved_time, t.solved)
+    stamp(msg.first_response_time, t.first_response)
+    stamp(msg.solved_time, t.solved)
     if t.satisfaction is not None:
         msg.satisfaction.rating = t.satisfaction.rating
         msg.satisfaction.comment = t.satisfaction.comment
         msg.satisfaction.create_time.FromDatetime(t.satisfaction.at)
-    _stamp(msg.create_time, t.create_time)
-    _stamp(msg.update_time, t.update_time)
+    stamp(msg.create_time, t.create_time)
+    stamp(msg.update_time, t.update_time)
     return msg
 
 
@@ -332,7 +311,7 @@ def article_to_proto(article: Article) -> pb.Article:
     )
     msg.create_time.FromDatetime(article.create_time)
     msg.update_time.FromDatetime(article.update_time)
-    _stamp(msg.publish_time, article.publish_time)
+    stamp(msg.publish_time, article.publish_time)
     return msg
 
 

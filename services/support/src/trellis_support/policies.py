@@ -19,7 +19,6 @@ from zoneinfo import available_timezones
 from crmkit import text
 from crmkit.errors import Invalid, Violation
 from crmkit.ids import canonical_uuid
-from trellis_support import domain
 from trellis_support.business_hours import (
     MINUTES_PER_DAY,
     BusinessCalendar,
@@ -116,7 +115,7 @@ def _conditions(value: Conditions, path: str, out: list[Violation]) -> Condition
     return Conditions(
         priorities=tuple(dict.fromkeys(value.priorities)),
         channels=tuple(dict.fromkeys(value.channels)),
-        tags=domain.tags(value.tags, f"{path}.tags", out),
+        tags=text.tags(value.tags, f"{path}.tags", out),
         company_ids=tuple(companies),
     )
 
@@ -224,9 +223,7 @@ def normalize_policy(
         path, value = f"{prefix}.{name}", getattr(draft, name)
         match name:
             case "name":
-                changes[name] = text.one_line(value, path, out)
-                if not changes[name]:
-                    out.append((path, "must not be empty"))
+                changes[name] = text.required(value, path, out)
             case "position":
                 changes[name] = value
             case "conditions":

@@ -10,12 +10,12 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from crmkit import db, updates
-from crmkit.errors import NotFound, StaleEtag
+from crmkit.errors import NotFound, check_etag
 from crmkit.ids import new_id
 from trellis_support.business_hours import BusinessCalendar, Window
 from trellis_support.domain import Channel, Priority
 from trellis_support.policies import Conditions, PolicyFields, SlaPolicy
-from trellis_support.rows import every, known_id, one
+from trellis_support.rows import known_id
 from trellis_support.sla import AppliedPolicy, Target
 
 _COLUMNS = (
@@ -125,7 +125,7 @@ def _params(f: PolicyFields) -> dict[str, Any]:
 
 
 async def in_matching_order(conn: db.Conn, tenant_id: str) -> list[SlaPolicy]:
-    rows = await every(
+    rows = await db.fetch_all(
         conn,
         f"SELECT {_COLUMNS} FROM sla_policies WHERE tenant_id = %s ORDER BY position, id",
         (tenant_id,),
@@ -135,7 +135,7 @@ async def in_matching_order(conn: db.Conn, tenant_id: str) -> list[SlaPolicy]:
 
 async def create(pool: db.Pool, tenant_id: str, fields: PolicyFields, now: datetime) -> SlaPolicy:
     async with db.tenant_tx(pool, tenant_id) as conn:
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"""
             INSERT INTO sla_policies (tenant_id, id, name, position, conditions, targets,
@@ -151,7 +151,7 @@ async def create(pool: db.Pool, tenant_id: str, fields: PolicyFields, now: datet
 
 
 async def _select(conn: db.Conn, tenant_id: str, policy_id: str, lock: str = "") -> SlaPolicy:
-    row = await one(
+    row = await db.fetch_one(
         conn,
         f"SELECT {_COLUMNS} FROM sla_policies WHERE tenant_id = %s AND id = %s {lock}",
         (tenant_id, policy_id),
@@ -179,12 +179,11 @@ async def update(
     known = known_id("sla policy", policy_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, "FOR NO KEY UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("sla policy")
+        check_etag("sla policy", current.etag, etag)
         merged = updates.merge(current.fields, draft, paths)
         if not updates.changed_fields(current.fields, merged):
             return current
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"""
             UPDATE sla_policies SET name = %(name)s, position = %(position)s,
@@ -204,8 +203,7 @@ async def delete(pool: db.Pool, tenant_id: str, policy_id: str, etag: str) -> No
     known = known_id("sla policy", policy_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         current = await _select(conn, tenant_id, known, "FOR UPDATE")
-        if etag and etag != current.etag:
-            raise StaleEtag("sla policy")
+        check_etag("sla policy", current.etag, etag)
         await conn.execute(
             "DELETE FROM sla_policies WHERE tenant_id = %s AND id = %s", (tenant_id, known)
         )
@@ -220,7 +218,7 @@ async def page(
         where += " AND (position, id) > (%(position)s, %(id)s)"
         params |= {"position": after[0], "id": after[1]}
     async with db.tenant_tx(pool, tenant_id) as conn:
-        rows = await every(
+        rows = await db.fetch_all(
             conn,
             f"SELECT {_COLUMNS} FROM sla_policies WHERE {where}"
             " ORDER BY position, id LIMIT %(limit)s",

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from crmkit import db
-from trellis_support.rows import every, one
 from trellis_support.sla import Target
 from trellis_support.workflow import Status
 
@@ -117,13 +116,13 @@ def _times(row: dict[str, Any]) -> Times:
 async def report(pool: db.Pool, tenant_id: str, start: datetime, end: datetime) -> Report:
     params = {"tenant_id": tenant_id, "start": start, "end": end}
     async with db.tenant_tx(pool, tenant_id) as conn:
-        by_priority = await every(
+        by_priority = await db.fetch_all(
             conn, _TIMES.format(group="priority", order=_PRIORITY_ORDER), params
         )
-        by_team = await every(conn, _TIMES.format(group="team", order="grp"), params)
-        compliance = await every(conn, _COMPLIANCE, params)
-        backlog = await every(conn, _BACKLOG, params)
-        csat = await one(conn, _CSAT, params)
+        by_team = await db.fetch_all(conn, _TIMES.format(group="team", order="grp"), params)
+        compliance = await db.fetch_all(conn, _COMPLIANCE, params)
+        backlog = await db.fetch_all(conn, _BACKLOG, params)
+        csat = await db.fetch_one(conn, _CSAT, params)
     assert csat is not None
     found = {Target(r["target"]): r for r in compliance}
     return Report(

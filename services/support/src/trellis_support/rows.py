@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from google.protobuf.message import Message
-from psycopg.abc import Params, QueryNoTemplate
 
 from crm.common.v1 import common_pb2
 from crmkit import db, outbox
 from crmkit.errors import NotFound
 from crmkit.ids import canonical_uuid
-
-
-async def one(conn: db.Conn, query: QueryNoTemplate, params: Params) -> dict[str, Any] | None:
-    cur = await conn.execute(query, params)
-    return await cur.fetchone()
-
-
-async def every(conn: db.Conn, query: QueryNoTemplate, params: Params) -> list[dict[str, Any]]:
-    cur = await conn.execute(query, params)
-    return await cur.fetchall()
 
 
 def known_id(kind: str, value: str) -> str:

@@ -18,7 +18,6 @@ from trellis_support.domain import (
     TicketView,
 )
 from trellis_support.policy_store import applied_from_json
-from trellis_support.rows import every
 from trellis_support.sla import ResponseRound, Target
 from trellis_support.workflow import Status
 
@@ -81,7 +80,7 @@ async def views(conn: db.Conn, tenant_id: str, tickets: Sequence[Ticket]) -> lis
     """The tickets with their status histories and fired breaches (two queries for all)."""
     ids = [t.id for t in tickets]
     statuses: dict[str, list[tuple[datetime, Status]]] = defaultdict(list)
-    for r in await every(
+    for r in await db.fetch_all(
         conn,
         "SELECT ticket_id, status, at FROM ticket_statuses"
         " WHERE tenant_id = %s AND ticket_id = ANY(%s::uuid[]) ORDER BY ticket_id, seq",
@@ -89,7 +88,7 @@ async def views(conn: db.Conn, tenant_id: str, tickets: Sequence[Ticket]) -> lis
     ):
         statuses[str(r["ticket_id"])].append((r["at"], Status(r["status"])))
     fired: dict[str, set[tuple[Target, int]]] = defaultdict(set)
-    for r in await every(
+    for r in await db.fetch_all(
         conn,
         "SELECT ticket_id, target, cycle FROM sla_timers WHERE tenant_id = %s"
         " AND ticket_id = ANY(%s::uuid[]) AND kind = 'breach' AND fired_at IS NOT NULL",
@@ -101,7 +100,7 @@ async def views(conn: db.Conn, tenant_id: str, tickets: Sequence[Ticket]) -> lis
 
 async def load(conn: db.Conn, tenant_id: str, ticket_id: str, lock: str = "") -> TicketView:
     """One ticket; `lock` is e.g. "FOR NO KEY UPDATE OF t" for a change."""
-    rows = await every(
+    rows = await db.fetch_all(
         conn,
         f"SELECT {COLUMNS} FROM {FROM} WHERE t.tenant_id = %s AND t.id = %s {lock}",
         (tenant_id, ticket_id),

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from crm.support.v1 import events_pb2
 from crmkit import db, updates
 from crmkit.context import Identity
-from crmkit.errors import Duplicate, FailedPrecondition, NotFound, StaleEtag
+from crmkit.errors import Duplicate, FailedPrecondition, NotFound, check_etag
 from crmkit.ids import new_id
 from trellis_support import domain, mapping, policies, policy_store, ticket_rows, timers
 from trellis_support.domain import (
@@ -36,7 +36,7 @@ from trellis_support.domain import (
     Visibility,
 )
 from trellis_support.events import upsert_contact_facts
-from trellis_support.rows import event, every, known_id, metadata, one
+from trellis_support.rows import event, known_id, metadata
 from trellis_support.sla import AppliedPolicy, ResponseRound
 from trellis_support.timers import Verdicts
 from trellis_support.workflow import DONE, Move, Status, check_transition
@@ -109,7 +109,7 @@ async def _save(conn: db.Conn, tenant_id: str, t: Ticket, now: datetime) -> Tick
     """Write the ticket's new state as its next version."""
     rnd = t.next_response
     sat = t.satisfaction
-    row = await one(
+    row = await db.fetch_one(
         conn,
         _SAVE,
         {
@@ -142,11 +142,6 @@ async def _set_status(
 async def _match(conn: db.Conn, tenant_id: str, fields: TicketFields) -> AppliedPolicy | None:
     found = policies.first_match(await policy_store.in_matching_order(conn, tenant_id), fields)
     return policies.applied(found) if found is not None else None
-
-
-def _check_etag(view: TicketView, etag: str) -> None:
-    if etag and etag != view.ticket.etag:
-        raise StaleEtag("ticket")
 
 
 async def _ticket_event(
@@ -207,7 +202,7 @@ async def update(
     known = known_id("ticket", ticket_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         view = await ticket_rows.load(conn, tenant_id, known, _LOCK)
-        _check_etag(view, etag)
+        check_etag("ticket", view.ticket.etag, etag)
         current = view.ticket
         merged = domain.finish_update(current.fields, updates.merge(current.fields, draft, paths))
         changed = updates.changed_fields(current.fields, merged)
@@ -268,7 +263,7 @@ async def change_status(
     known = known_id("ticket", ticket_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         view = await ticket_rows.load(conn, tenant_id, known, _LOCK)
-        _check_etag(view, etag)
+        check_etag("ticket", view.ticket.etag, etag)
         if view.ticket.status is target:
             return Written(view, Verdicts())  # already there: a repeat changes nothing
         move = check_transition(view.ticket.status, target)
@@ -324,7 +319,7 @@ async def page(
         f" WHERE {' AND '.join(where)} ORDER BY t.id DESC LIMIT %(limit)s"
     )
     async with db.tenant_tx(pool, tenant_id) as conn:
-        found = [ticket_rows.ticket(r) for r in await every(conn, query, params)]
+        found = [ticket_rows.ticket(r) for r in await db.fetch_all(conn, query, params)]
         return await ticket_rows.views(conn, tenant_id, found) if found else []
 
 
@@ -393,7 +388,7 @@ async def add_comment(
         current = view.ticket
         draft = domain.normalize_comment(draft, ident.principal, current.fields.contact_id)
         changed, status = _after_comment(current, draft, now, reopen_window)
-        row = await one(
+        row = await db.fetch_one(
             conn,
             f"""
             INSERT INTO comments (tenant_id, id, ticket_id, body, visibility, author_type,
@@ -456,7 +451,7 @@ async def comments_page(
     known = known_id("ticket", ticket_id)
     async with db.tenant_tx(pool, tenant_id) as conn:
         if (
-            await one(
+            await db.fetch_one(
                 conn,
                 "SELECT 1 AS found FROM tickets WHERE tenant_id = %s AND id = %s",
                 (tenant_id, known),
@@ -469,7 +464,7 @@ async def comments_page(
         if after is not None:
             where += " AND id > %s"
             params.append(after)
-        rows = await every(
+        rows = await db.fetch_all(
             conn,
             f"SELECT {_COMMENT_COLUMNS} FROM comments WHERE {where} ORDER BY id LIMIT %s",
             (*params, limit),

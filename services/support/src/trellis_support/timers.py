@@ -28,7 +28,7 @@ from crmkit.periodic import Periodic
 from trellis_support import mapping, metrics, ticket_rows
 from trellis_support.clock import Clock
 from trellis_support.domain import TicketView
-from trellis_support.rows import event, every, metadata, one
+from trellis_support.rows import event, metadata
 from trellis_support.sla import Target, TargetState, TargetStatus
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ async def fire(
 ) -> TicketView | None:
     """Mark the timer fired and write its event; None if it had fired already. Returns the
     view with the breach recorded."""
-    row = await one(
+    row = await db.fetch_one(
         conn, _FIRE, (now, tenant_id, view.ticket.id, status.target.value, status.cycle, kind)
     )
     if row is None:
@@ -165,7 +165,7 @@ async def _fire_due_of_ticket(
     now: datetime,
     verdicts: Verdicts,
 ) -> None:
-    if await one(conn, _LOCK_TICKET, (tenant_id, ticket_id)) is None:
+    if await db.fetch_one(conn, _LOCK_TICKET, (tenant_id, ticket_id)) is None:
         return  # being changed: the writer recomputes its timers; any still due wait a round
     view = await ticket_rows.load(conn, tenant_id, ticket_id)
     statuses = {s.key: s for s in view.sla(now)}
@@ -200,7 +200,7 @@ async def _fire_due_of_tenant(pool: db.Pool, tenant_id: str, now: datetime, batc
     verdicts = Verdicts()
     async with db.tenant_tx(pool, tenant_id) as conn:
         due: dict[str, list[tuple[Target, int, str]]] = defaultdict(list)
-        for r in await every(conn, _CLAIM, (tenant_id, now, batch)):
+        for r in await db.fetch_all(conn, _CLAIM, (tenant_id, now, batch)):
             due[str(r["ticket_id"])].append((Target(r["target"]), r["cycle"], r["kind"]))
         for ticket_id, timers in due.items():
             await _fire_due_of_ticket(conn, tenant_id, ticket_id, timers, now, verdicts)
@@ -212,7 +212,7 @@ async def fire_due(pool: db.Pool, clock: Clock, batch: int = 200, tenants: int =
     """One round: every warning and breach due by now, of up to `tenants` tenants."""
     now = clock()
     async with pool.connection() as conn:
-        rows = await every(conn, _TENANTS, (now, tenants))
+        rows = await db.fetch_all(conn, _TENANTS, (now, tenants))
     total = Verdicts()
     for r in rows:
         done = await _fire_due_of_tenant(pool, str(r["tenant_id"]), now, batch)

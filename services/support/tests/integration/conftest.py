@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from crmkit import migrations, service
 from trellis_contacts.app import DEFINITION as CONTACTS
+from trellis_devstack import testing
 from trellis_devstack.infra import Nats, Postgres
 from trellis_support.app import DEFINITION as SUPPORT
 
@@ -24,7 +24,6 @@ from .harness import (
     Platform,
     Tenant,
     contacts_settings,
-    hosted,
     start_support,
 )
 
@@ -39,15 +38,13 @@ async def platform(
     postgres: Postgres, nats_server: Nats, clock: FakeClock
 ) -> AsyncIterator[Platform]:
     suffix = uuid.uuid4().hex[:8]
-    contacts_owner, contacts_app = postgres.create_database(f"contacts_{suffix}")
-    await migrations.migrate(contacts_owner, CONTACTS.migrations(), f"contacts_{suffix}_app")
+    contacts_app = await testing.migrated_database(postgres, CONTACTS, f"contacts_{suffix}")
     name = f"support_{suffix}"
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, SUPPORT.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, SUPPORT, name)
     settings = contacts_settings(contacts_app, nats_server.url)
     contacts_address = f"127.0.0.1:{settings.grpc_port}"
     async with (
-        hosted(lambda stop: service.serve(CONTACTS, settings, stop), contacts_address) as contacts,
+        testing.served(CONTACTS, settings) as contacts,
         start_support(app_url, nats_server.url, contacts_address, clock) as support,
     ):
         yield Platform(

@@ -4,29 +4,24 @@ identity tokens, and views of the database behind the service's back."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import psycopg
-from grpc_health.v1 import health_pb2
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crm.support.v1 import support_pb2 as pb
 from crm.support.v1 import support_pb2_grpc
 from crmkit import auth
-from crmkit.context import Identity
 from crmkit.errors import violations_of
-from crmkit.service import serve
 from trellis_contacts.config import ContactsSettings
-from trellis_devstack.infra import free_port
-from trellis_devstack.probes import wait_for_health
+from trellis_devstack import testing
+from trellis_devstack.testing import Served
 from trellis_support.app import definition
 from trellis_support.config import SupportSettings
 
@@ -66,60 +61,13 @@ class FakeClock:
 
 
 def token(tenant_id: str, scopes: Iterable[str] = AGENT, principal: str = "key-1") -> str:
-    return auth.mint(Identity(tenant_id, principal, frozenset(scopes)), KEY, ttl_seconds=120)
-
-
-def common_settings(nats_url: str) -> dict[str, Any]:
-    return {
-        "bind_host": "127.0.0.1",
-        "grpc_port": free_port(),
-        "metrics_port": 0,
-        "db_pool_min": 1,
-        "db_pool_max": 10,
-        "shutdown_grace_seconds": 2,
-        "NATS_URL": nats_url,
-        "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(KEY.public_jwk()),
-    }
-
-
-@dataclass
-class Instance:
-    """One running support process (a replica), stoppable."""
-
-    address: str
-    channel: grpc.aio.Channel
-    stop: Callable[[], Awaitable[None]]
-
-    @property
-    def stub(self) -> support_pb2_grpc.SupportServiceAsyncStub:
-        return support_pb2_grpc.SupportServiceStub(self.channel)
-
-
-@asynccontextmanager
-async def hosted(
-    serving: Callable[[asyncio.Event], Coroutine[Any, Any, None]], address: str
-) -> AsyncIterator[Instance]:
-    """Run a service until the block ends (or its instance is stopped first)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(serving(stop))
-    channel = grpc.aio.insecure_channel(address)
-
-    async def stopped() -> None:
-        stop.set()
-        await task
-
-    try:
-        await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
-        yield Instance(address, channel, stopped)
-    finally:
-        await stopped()
-        await channel.close()
+    return testing.mint(KEY, tenant_id, scopes, principal)
 
 
 def support_settings(app_url: str, nats_url: str, contacts: str, **extra: Any) -> SupportSettings:
     return SupportSettings.model_validate(
         {
-            **common_settings(nats_url),
+            **testing.service_settings(nats_url, KEY),
             "database_url": app_url,
             "contacts_addr": contacts,
             "sla_check_interval_seconds": 0.02,
@@ -130,15 +78,19 @@ def support_settings(app_url: str, nats_url: str, contacts: str, **extra: Any) -
 
 def start_support(
     app_url: str, nats_url: str, contacts: str, clock: FakeClock, **extra: Any
-) -> AbstractAsyncContextManager[Instance]:
+) -> AbstractAsyncContextManager[Served]:
     settings = support_settings(app_url, nats_url, contacts, **extra)
-    return hosted(
-        lambda stop: serve(definition(clock), settings, stop), f"127.0.0.1:{settings.grpc_port}"
-    )
+    return testing.served(definition(clock), settings)
+
+
+def support_stub(instance: Served) -> support_pb2_grpc.SupportServiceAsyncStub:
+    return support_pb2_grpc.SupportServiceStub(instance.channel)
 
 
 def contacts_settings(app_url: str, nats_url: str) -> ContactsSettings:
-    return ContactsSettings.model_validate({**common_settings(nats_url), "database_url": app_url})
+    return ContactsSettings.model_validate(
+        {**testing.service_settings(nats_url, KEY), "database_url": app_url}
+    )
 
 
 @dataclass
@@ -168,8 +120,8 @@ class Database:
 class Platform:
     """The services under test and their clock."""
 
-    support: Instance
-    contacts: Instance
+    support: Served
+    contacts: Served
     db: Database
     clock: FakeClock
     app_url: str
@@ -177,7 +129,7 @@ class Platform:
 
     @property
     def stub(self) -> support_pb2_grpc.SupportServiceAsyncStub:
-        return self.support.stub
+        return support_stub(self.support)
 
     @property
     def contacts_stub(self) -> contacts_pb2_grpc.ContactsServiceAsyncStub:
@@ -192,15 +144,6 @@ class Tenant:
 
     def md(self, *scopes: str, principal: str = "key-1") -> tuple[tuple[str, str], ...]:
         return ((auth.METADATA_KEY, token(self.id, scopes or self.scopes, principal)),)
-
-
-async def failure(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    """The error a call fails with (and a test failure if it succeeds)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    raise AssertionError("the call succeeded")
 
 
 def field_errors(err: grpc.aio.AioRpcError) -> dict[str, str]:
@@ -252,15 +195,3 @@ async def set_status(
     return await p.stub.ChangeTicketStatus(
         pb.ChangeTicketStatusRequest(id=ticket_id, status=status), metadata=tenant.md()
     )
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: float = 20) -> Any:
-    """Poll until `check()` is truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + within
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.05)

@@ -10,8 +10,9 @@ import pytest
 
 from crm.support.v1 import support_pb2 as pb
 from crmkit import paging
+from trellis_devstack.testing import failure
 
-from .harness import Platform, Tenant, failure, field_errors, new_ticket, targets
+from .harness import Platform, Tenant, field_errors, new_ticket, targets
 
 UNKNOWN = "0190a0a0-0000-7000-8000-0000000000ff"
 

@@ -8,9 +8,10 @@ from crm.contacts.v1 import contacts_pb2
 from crm.support.v1 import support_pb2 as pb
 from crmkit import db
 from crmkit.consumer import Event
+from trellis_devstack.testing import eventually
 from trellis_support.events import apply_contact_event
 
-from .harness import Platform, Tenant, eventually, new_contact, new_ticket
+from .harness import Platform, Tenant, new_contact, new_ticket
 
 
 async def test_tickets_show_the_contact_as_its_events_tell(
@@ -31,7 +32,7 @@ async def test_tickets_show_the_contact_as_its_events_tell(
         got = await platform.stub.GetTicket(pb.GetTicketRequest(id=made.id), metadata=tenant.md())
         return got if got.contact_name == "Ada King" else None
 
-    got = await eventually(renamed, "the contact's new name on the ticket")
+    got = await eventually(renamed, "the contact's new name on the ticket", within=20)
     assert got.contact_email == "countess@example.com"
     assert got.version == made.version  # the ticket itself did not change
 
@@ -43,7 +44,7 @@ async def test_tickets_show_the_contact_as_its_events_tell(
         got = await platform.stub.GetTicket(pb.GetTicketRequest(id=made.id), metadata=tenant.md())
         return (got.contact_name, got.contact_email) == ("", "")
 
-    await eventually(forgotten, "the deleted contact's facts gone from the ticket")
+    await eventually(forgotten, "the deleted contact's facts gone from the ticket", within=20)
 
 
 async def test_a_late_event_changes_nothing(platform: Platform, tenant: Tenant) -> None:

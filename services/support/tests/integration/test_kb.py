@@ -7,8 +7,9 @@ import grpc
 import pytest
 
 from crm.support.v1 import support_pb2 as pb
+from trellis_devstack.testing import failure
 
-from .harness import Platform, Tenant, failure, field_errors, new_ticket
+from .harness import Platform, Tenant, field_errors, new_ticket
 
 READER = ("kb:read", "support:read")
 

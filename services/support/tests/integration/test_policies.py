@@ -9,12 +9,12 @@ from datetime import timedelta
 import grpc
 
 from crm.support.v1 import support_pb2 as pb
+from trellis_devstack.testing import failure
 
 from .harness import (
     HOUR,
     Platform,
     Tenant,
-    failure,
     field_errors,
     new_policy,
     new_ticket,

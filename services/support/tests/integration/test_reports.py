@@ -7,18 +7,9 @@ from datetime import timedelta
 from google.protobuf import duration_pb2
 
 from crm.support.v1 import support_pb2 as pb
+from trellis_devstack.testing import eventually
 
-from .harness import (
-    HOUR,
-    Platform,
-    Tenant,
-    eventually,
-    new_policy,
-    new_ticket,
-    reply,
-    set_status,
-    targets,
-)
+from .harness import HOUR, Platform, Tenant, new_policy, new_ticket, reply, set_status, targets
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -73,7 +64,7 @@ async def test_report_figures_equal_the_hand_computed_ones(
         )
         return bool(rows)
 
-    await eventually(d_resolution_breached, "D's resolution breach (due t + 8 h)")
+    await eventually(d_resolution_breached, "D's resolution breach (due t + 8 h)", within=20)
     assert e.id
     assert f.id
 

@@ -10,17 +10,9 @@ import grpc
 import psycopg
 
 from crm.support.v1 import support_pb2 as pb
+from trellis_devstack.testing import failure
 
-from .harness import (
-    HOUR,
-    Platform,
-    Tenant,
-    failure,
-    new_policy,
-    new_ticket,
-    reply,
-    targets,
-)
+from .harness import HOUR, Platform, Tenant, new_policy, new_ticket, reply, targets
 
 TABLES = (
     "tickets",

@@ -19,22 +19,22 @@ import pytest
 from prometheus_client import REGISTRY
 
 from crm.support.v1 import support_pb2 as pb
-from crmkit import migrations
+from trellis_devstack import testing
 from trellis_devstack.infra import Postgres
+from trellis_devstack.testing import Served, eventually
 from trellis_support.app import DEFINITION
 
 from .harness import (
     HOUR,
     Database,
-    Instance,
     Platform,
     Tenant,
-    eventually,
     new_contact,
     new_policy,
     reply,
     set_status,
     start_support,
+    support_stub,
     targets,
 )
 
@@ -50,7 +50,7 @@ class Own:
     db: Database
     platform: Platform
 
-    def replica(self) -> AbstractAsyncContextManager[Instance]:
+    def replica(self) -> AbstractAsyncContextManager[Served]:
         p = self.platform
         return start_support(
             self.app_url, p.nats_url, p.contacts.address, p.clock, sla_check_interval_seconds=0.01
@@ -60,21 +60,20 @@ class Own:
 @pytest.fixture
 async def own(postgres: Postgres, platform: Platform) -> AsyncIterator[Own]:
     name = f"support_sla_{uuid.uuid4().hex[:8]}"
-    owner_url, app_url = postgres.create_database(name)
-    await migrations.migrate(owner_url, DEFINITION.migrations(), f"{name}_app")
+    app_url = await testing.migrated_database(postgres, DEFINITION, name)
     yield Own(app_url, Database(postgres.url(name)), platform)
     postgres.drop_database(name)
 
 
-async def _ticket(instance: Instance, tenant: Tenant, contact_id: str) -> pb.Ticket:
-    return await instance.stub.CreateTicket(
+async def _ticket(instance: Served, tenant: Tenant, contact_id: str) -> pb.Ticket:
+    return await support_stub(instance).CreateTicket(
         pb.CreateTicketRequest(ticket=pb.Ticket(subject="Down", contact_id=contact_id)),
         metadata=tenant.md(),
     )
 
 
-async def _policy(instance: Instance, tenant: Tenant, **seconds: int) -> None:
-    await instance.stub.CreateSlaPolicy(
+async def _policy(instance: Served, tenant: Tenant, **seconds: int) -> None:
+    await support_stub(instance).CreateSlaPolicy(
         pb.CreateSlaPolicyRequest(sla_policy=pb.SlaPolicy(name="Fast", targets=targets(**seconds))),
         metadata=tenant.md(),
     )
@@ -103,7 +102,7 @@ async def _wait_for(
         fired = _fired(await _sla_events(db, tenant))
         return fired if sum(fired.values()) >= count else None
 
-    found: Counter[tuple[str, str, str]] = await eventually(enough, what)
+    found: Counter[tuple[str, str, str]] = await eventually(enough, what, within=20)
     return found
 
 
@@ -127,7 +126,9 @@ async def test_one_warning_and_one_breach_per_target_when_it_passes(
         await _wait_for(own.db, tenant, 2, "the first-response breach")
         p.clock.advance(hours=1)  # 2 h 1 min: past the resolution (the marker)
         fired = await _wait_for(own.db, tenant, 4, "the resolution warning and breach")
-        got = await support.stub.GetTicket(pb.GetTicketRequest(id=made.id), metadata=tenant.md())
+        got = await support_stub(support).GetTicket(
+            pb.GetTicketRequest(id=made.id), metadata=tenant.md()
+        )
     assert fired == {
         (made.id, "SLA_TARGET_FIRST_RESPONSE", "sla_warning"): 1,
         (made.id, "SLA_TARGET_FIRST_RESPONSE", "sla_breached"): 1,
@@ -149,11 +150,11 @@ async def test_no_breach_for_a_ticket_solved_in_time(own: Own, tenant: Tenant) -
         in_time = await _ticket(support, tenant, contact)
         late = await _ticket(support, tenant, contact)
         p.clock.advance(minutes=30)
-        await support.stub.CreateComment(
+        await support_stub(support).CreateComment(
             pb.CreateCommentRequest(ticket_id=in_time.id, comment=pb.Comment(body="Fixed.")),
             metadata=tenant.md(),
         )
-        await support.stub.ChangeTicketStatus(
+        await support_stub(support).ChangeTicketStatus(
             pb.ChangeTicketStatusRequest(id=in_time.id, status=pb.TICKET_STATUS_SOLVED),
             metadata=tenant.md(),
         )
@@ -215,7 +216,7 @@ async def test_a_late_answer_is_a_breach_even_before_the_worker_sees_it(
     # No replica runs while the target passes; the late answer itself judges it breached.
     p.clock.advance(hours=2)
     async with own.replica() as support:
-        await support.stub.ChangeTicketStatus(
+        await support_stub(support).ChangeTicketStatus(
             pb.ChangeTicketStatusRequest(id=made.id, status=pb.TICKET_STATUS_PENDING),
             metadata=tenant.md(),
         )
@@ -248,7 +249,7 @@ async def test_a_next_response_round_has_its_own_timers(platform: Platform, tena
     async def breached() -> bool:
         return bool(await platform.db.events(tenant.id, BREACHED))
 
-    await eventually(breached, "the next-response breach")
+    await eventually(breached, "the next-response breach", within=20)
     await set_status(platform, tenant, made.id, pb.TICKET_STATUS_PENDING)
     await reply(platform, tenant, made.id, "Try this.")
     (event,) = [e for _, e in await platform.db.events(tenant.id, BREACHED)]

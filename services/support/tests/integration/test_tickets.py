@@ -9,15 +9,9 @@ from google.protobuf import struct_pb2
 from crm.contacts.v1 import contacts_pb2
 from crm.support.v1 import support_pb2 as pb
 from crmkit import idempotency
+from trellis_devstack.testing import failure
 
-from .harness import (
-    Platform,
-    Tenant,
-    failure,
-    field_errors,
-    new_contact,
-    new_ticket,
-)
+from .harness import Platform, Tenant, field_errors, new_contact, new_ticket
 
 
 async def test_a_ticket_is_opened_for_a_contact_of_the_tenant(

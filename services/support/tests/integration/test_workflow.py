@@ -7,16 +7,9 @@ from __future__ import annotations
 import grpc
 
 from crm.support.v1 import support_pb2 as pb
+from trellis_devstack.testing import failure
 
-from .harness import (
-    Platform,
-    Tenant,
-    failure,
-    field_errors,
-    new_ticket,
-    reply,
-    set_status,
-)
+from .harness import Platform, Tenant, field_errors, new_ticket, reply, set_status
 
 
 async def test_a_disallowed_move_is_refused_naming_the_allowed_ones(
