@@ -46,7 +46,7 @@ import httpx
 import psycopg
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import db
+from crmkit import contract, db
 from crmkit.context import Identity
 from crmkit.ids import new_id
 from trellis_devstack.infra import Nats, Postgres, free_port
@@ -55,19 +55,11 @@ from trellis_devstack.stack import Stack
 
 RESULTS = Path(__file__).parent / "results"
 DESCRIPTORS = Path(__file__).parents[1] / "build" / "gen" / "crm" / "descriptors.binpb"
-SCOPES = frozenset(
-    {
-        f"{domain}:{access}"
-        for domain in ("contacts", "sales", "support")
-        for access in ("read", "write")
-    }
-)
-# The gRPC services Envoy transcodes, by the service process that serves them.
-ENVOY_BACKENDS = {
-    "contacts": "crm.contacts.v1.ContactsService",
-    "sales": "crm.sales.v1.SalesService",
-    "support": "crm.support.v1.SupportService",
-}
+# The services whose operations the bench drives through both fronts. Envoy transcodes their
+# gRPC services and the bench's key holds their scopes, both as their contracts declare them.
+BENCHED = ("contacts", "sales", "support")
+GRPC_SERVICES = {name: [s.full_name for s in contract.services_of_domain(name)] for name in BENCHED}
+SCOPES = contract.grantable_scopes(s for name in BENCHED for s in contract.services_of_domain(name))
 UNLIMITED = {
     "GATEWAY_RATE_LIMIT_KEY_PER_SECOND": "1000000",
     "GATEWAY_RATE_LIMIT_KEY_BURST": "1000000",
@@ -377,7 +369,7 @@ def envoy_config(port: int, admin_port: int, backends: dict[str, str], token: st
     """
     routes = [
         {
-            "match": {"prefix": f"/{ENVOY_BACKENDS[name]}/"},
+            "match": {"prefix": f"/{service}/"},
             "route": {"cluster": name, "timeout": "10s"},
             "request_headers_to_add": [
                 {
@@ -387,6 +379,7 @@ def envoy_config(port: int, admin_port: int, backends: dict[str, str], token: st
             ],
         }
         for name in backends
+        for service in GRPC_SERVICES[name]
     ]
     clusters = []
     for name, address in backends.items():
@@ -422,7 +415,7 @@ def envoy_config(port: int, admin_port: int, backends: dict[str, str], token: st
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
                     "proto_descriptor": str(DESCRIPTORS),
-                    "services": [ENVOY_BACKENDS[name] for name in backends],
+                    "services": [s for name in backends for s in GRPC_SERVICES[name]],
                     "print_options": {
                         "always_print_primitive_fields": True,
                         "preserve_proto_field_names": True,
@@ -485,7 +478,7 @@ def envoy(
         stop()
         port, admin = free_port(), free_port()
         token = stack.mint(Identity(tenant, "bench-envoy", SCOPES))
-        backends = {name: stack.grpc_address(name) for name in ENVOY_BACKENDS}
+        backends = {name: stack.grpc_address(name) for name in BENCHED}
         config = workdir / "envoy.json"
         config.write_text(json.dumps(envoy_config(port, admin, backends, token)))
         log = (workdir / "envoy.log").open("ab")
@@ -692,7 +685,7 @@ def main() -> None:
             tenant, key = stack.create_tenant("bench", sorted(SCOPES))
             meter = CpuMeter(_postmaster(postgres))
             meter.pids = {name: proc.pid for name, proc in procs.procs.items()}
-            settle = settled([stack.urls[s][1] for s in ENVOY_BACKENDS], meter)
+            settle = settled([stack.urls[s][1] for s in BENCHED], meter)
             measure = Measure(meter, settle)
             token = stack.mint(Identity(tenant, "bench", SCOPES))
             gateway = Rest("gateway", stack.gateway_url, (f"Authorization: Bearer {key}",))

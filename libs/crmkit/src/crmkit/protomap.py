@@ -31,6 +31,17 @@ def enum_from_proto(name_of: Callable[[V], str], number: V, prefix: str, kind: t
     return kind.__members__.get(name)
 
 
+def known_enum(
+    name_of: Callable[[V], str], number: V, prefix: str, kind: type[E], path: str
+) -> E | None:
+    """As enum_from_proto, but a number the enum does not have (not UNSPECIFIED) is the
+    caller's error, Invalid at `path`."""
+    member = enum_from_proto(name_of, number, prefix, kind)
+    if member is None and number != 0:
+        raise invalid_field(path, f"unknown value {number}")
+    return member
+
+
 def proto_name(member: Enum | None, prefix: str) -> str:
     return prefix + (member.name if member is not None else "UNSPECIFIED")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from google.protobuf.descriptor import ServiceDescriptor
 
 from crm.gateway.v1 import gateway_pb2
 from crmkit import auth, contract
+from crmkit.clock import Clock, system_clock
 from crmkit.db import Pool
 from crmkit.migrations import migrations_dir
 from crmkit.periodic import Periodic
@@ -23,7 +24,7 @@ from trellis_gateway.dispatch import BackendHealth, Dispatcher, ServingStatus
 from trellis_gateway.grpc_proxy import ProxyHandler, api_key_authenticator
 from trellis_gateway.http_app import Gateway, asgi
 from trellis_gateway.http_server import HttpServer
-from trellis_gateway.idempotency import IdempotencyStore, utc_now
+from trellis_gateway.idempotency import IdempotencyStore
 from trellis_gateway.ratelimit import RateLimiter, TokenBuckets
 from trellis_gateway.routes import RouteTable, build_routes
 
@@ -36,7 +37,7 @@ class Clocks:
     leases and expiry are stored as wall-clock times (shared by the replicas)."""
 
     monotonic: Callable[[], float] = time.monotonic
-    wall: Callable[[], datetime] = utc_now
+    wall: Clock = system_clock
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from enum import Enum
 
 from psycopg.types.json import Jsonb
 
+from crmkit.clock import Clock, system_clock
 from crmkit.context import Identity
 from crmkit.db import Pool
 
@@ -80,17 +80,13 @@ def request_hash(method: str, path: str, query: str, body: bytes) -> bytes:
     return digest.digest()
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class IdempotencyStore:
     def __init__(
         self,
         pool: Pool,
         ttl: timedelta,
         lease: timedelta,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock = system_clock,
     ) -> None:
         self._pool = pool
         self._ttl = ttl

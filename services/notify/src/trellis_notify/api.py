@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit import db, paging, updates
+from crmkit.clock import Clock
 from crmkit.context import caller
 from crmkit.errors import Invalid, NotFound, invalid_field
 from crmkit.ids import canonical_uuid
@@ -35,7 +36,6 @@ from trellis_notify import (
     templates,
 )
 from trellis_notify.config import NotifySettings
-from trellis_notify.queue import Clock
 from trellis_notify.unsubscribe import Links
 
 Ctx = grpc.aio.ServicerContext[Any, Any]

@@ -10,6 +10,7 @@ from aiohttp.abc import AbstractResolver
 
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit.client import Callee
+from crmkit.clock import Clock, system_clock
 from crmkit.consumer import Consumer
 from crmkit.migrations import migrations_dir
 from crmkit.periodic import Periodic
@@ -20,7 +21,6 @@ from trellis_notify.config import NotifySettings
 from trellis_notify.dispatcher import Dispatcher
 from trellis_notify.domain import RetryPolicy
 from trellis_notify.mailer import Mailer, Smtp
-from trellis_notify.queue import Clock, utc_now
 from trellis_notify.sender import Sender
 from trellis_notify.unsubscribe import Links, PublicHttp
 
@@ -43,7 +43,7 @@ def _contacts(runtime: Runtime, settings: NotifySettings) -> campaigns.ListPage 
 
 
 def definition(
-    clock: Clock = utc_now, resolver: AbstractResolver | None = None
+    clock: Clock = system_clock, resolver: AbstractResolver | None = None
 ) -> ServiceDefinition:
     """The service; tests give it a clock they move and a resolver of their own names."""
 

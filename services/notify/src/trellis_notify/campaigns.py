@@ -25,11 +25,11 @@ from psycopg.types.json import Jsonb
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crmkit import db
 from crmkit.client import Callee
+from crmkit.clock import Clock
 from crmkit.errors import FailedPrecondition, Invalid, NotFound, ServiceError
 from crmkit.ids import canonical_uuid, new_id
 from crmkit.text import one_line, required
 from trellis_notify import audience, mail_store
-from trellis_notify.queue import Clock
 from trellis_notify.templates import Values
 from trellis_notify.unsubscribe import Links
 

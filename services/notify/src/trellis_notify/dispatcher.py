@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from crmkit import db
+from crmkit.clock import Clock, system_clock
 from trellis_notify import signing, store
 from trellis_notify.domain import RetryPolicy
 from trellis_notify.metrics import WEBHOOK_DELIVERIES, WEBHOOK_LATENCY
-from trellis_notify.queue import Clock, QueueWorker, utc_now
+from trellis_notify.queue import QueueWorker
 from trellis_notify.sender import Sender
 
 
@@ -28,7 +29,7 @@ class Dispatcher(QueueWorker[store.Claim]):
         sender: Sender,
         policy: RetryPolicy,
         *,
-        clock: Clock = utc_now,
+        clock: Clock = system_clock,
         concurrency: int = 64,
         per_webhook: int = 8,
         poll_interval: float = 1.0,

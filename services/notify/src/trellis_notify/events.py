@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from crmkit import db
+from crmkit.clock import Clock
 from crmkit.consumer import Event, Handler
 from trellis_notify import store
-from trellis_notify.queue import Clock
 
 # Every event of every service: contacts now, sales and support as they land.
 EVERY_EVENT = "crm.events.>"

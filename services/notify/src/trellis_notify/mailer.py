@@ -21,11 +21,12 @@ from email.utils import formatdate, parseaddr
 import aiosmtplib
 
 from crmkit import db
+from crmkit.clock import Clock, system_clock
 from trellis_notify import mail_store
 from trellis_notify.domain import Answer, RetryPolicy
 from trellis_notify.mail_store import Claim, Outgoing
 from trellis_notify.metrics import EMAILS
-from trellis_notify.queue import Clock, QueueWorker, utc_now
+from trellis_notify.queue import QueueWorker
 from trellis_notify.unsubscribe import ONE_CLICK, Links
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Mailer(QueueWorker[Claim]):
         links: Links,
         policy: RetryPolicy,
         *,
-        clock: Clock = utc_now,
+        clock: Clock = system_clock,
         concurrency: int = 8,
         poll_interval: float = 1.0,
     ) -> None:

@@ -18,11 +18,11 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from crmkit import db, updates
+from crmkit.clock import Clock
 from crmkit.consumer import Event, Handler
 from crmkit.errors import Invalid, NotFound, check_etag
 from crmkit.ids import canonical_uuid, new_id
 from trellis_notify import audience, cloudevent, mail_store, rules, store
-from trellis_notify.queue import Clock
 from trellis_notify.rules import Action, Condition, Operator, Recipient, Rule, RuleFields
 from trellis_notify.templates import Values
 from trellis_notify.unsubscribe import Links

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from crm.sales.v1 import sales_pb2, sales_pb2_grpc
 from crmkit import db, paging, protomap, text, updates
+from crmkit.clock import Clock
 from crmkit.context import caller
 from crmkit.errors import Invalid, invalid_field
 from crmkit.ids import canonical_uuid, filter_id
@@ -39,7 +40,6 @@ from trellis_sales.domain import (
     Violation,
 )
 from trellis_sales.scoring import RuleFields
-from trellis_sales.store import Clock
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from crm.sales.v1 import sales_pb2, sales_pb2_grpc
 from crmkit.client import Callee
+from crmkit.clock import Clock, system_clock
 from crmkit.consumer import Consumer
 from crmkit.migrations import migrations_dir
 from crmkit.periodic import Periodic
@@ -12,7 +13,6 @@ from trellis_sales import events, leads
 from trellis_sales.api import SalesApi
 from trellis_sales.config import SalesSettings
 from trellis_sales.conversion import Contacts
-from trellis_sales.store import Clock, system_clock
 
 # Packaged in the wheel (the image); services/sales/migrations in a source checkout.
 MIGRATIONS = migrations_dir(__file__)

@@ -20,11 +20,12 @@ from crm.contacts.v1 import contacts_pb2
 from crm.contacts.v1 import events_pb2 as contact_events
 from crm.sales.v1 import events_pb2
 from crmkit import db, projections
+from crmkit.clock import Clock
 from crmkit.consumer import Event, Handler
 from crmkit.context import Identity
 from crmkit.ids import canonical_uuid
 from trellis_sales import deals, leads, mapping, scoring
-from trellis_sales.store import Clock, event, metadata
+from trellis_sales.store import event, metadata
 
 CONTACT_SUBJECTS = ["crm.events.*.contacts.contact.>", "crm.events.*.contacts.company.>"]
 ACTOR = "sales"  # who sales' own changes (unlinking a deleted contact) are made by

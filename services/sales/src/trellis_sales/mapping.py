@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date
 from enum import Enum
 from typing import Any, TypeVar
@@ -12,7 +11,7 @@ from crmkit.errors import Invalid, invalid_field
 from crmkit.protomap import (
     custom_from_proto,
     custom_to_proto,
-    enum_from_proto,
+    known_enum,
     proto_name,
     stamp,
     time_from_proto,
@@ -46,26 +45,16 @@ V = TypeVar("V", bound=int)  # a proto enum's ValueType
 # --- enums ------------------------------------------------------------------------------------
 
 
-def _enum(
-    name_of: Callable[[V], str], number: V, prefix: str, kind: type[E], path: str
-) -> E | None:
-    """As enum_from_proto, but an unknown number (not UNSPECIFIED) is the caller's error."""
-    member = enum_from_proto(name_of, number, prefix, kind)
-    if member is None and number != 0:
-        raise invalid_field(path, f"unknown value {number}")
-    return member
-
-
 def lead_status(number: sales_pb2.LeadStatus.ValueType, path: str) -> LeadStatus | None:
-    return _enum(sales_pb2.LeadStatus.Name, number, "LEAD_STATUS_", LeadStatus, path)
+    return known_enum(sales_pb2.LeadStatus.Name, number, "LEAD_STATUS_", LeadStatus, path)
 
 
 def activity_kind(number: sales_pb2.ActivityKind.ValueType, path: str) -> ActivityKind | None:
-    return _enum(sales_pb2.ActivityKind.Name, number, "ACTIVITY_KIND_", ActivityKind, path)
+    return known_enum(sales_pb2.ActivityKind.Name, number, "ACTIVITY_KIND_", ActivityKind, path)
 
 
 def period(number: sales_pb2.Period.ValueType) -> Period:
-    found = _enum(sales_pb2.Period.Name, number, "PERIOD_", Period, "period")
+    found = known_enum(sales_pb2.Period.Name, number, "PERIOD_", Period, "period")
     if found is None:
         raise invalid_field("period", "must be MONTH or QUARTER")
     return found
@@ -164,7 +153,7 @@ def rule_draft(msg: sales_pb2.ScoringRule, path: str = "scoring_rule") -> RuleFi
     conditions = tuple(
         Condition(
             field=c.field,
-            operator=_enum(
+            operator=known_enum(
                 sales_pb2.Operator.Name,
                 c.operator,
                 "OPERATOR_",
@@ -177,7 +166,7 @@ def rule_draft(msg: sales_pb2.ScoringRule, path: str = "scoring_rule") -> RuleFi
     )
     return RuleFields(
         label=msg.label,
-        kind=_enum(sales_pb2.RuleKind.Name, msg.kind, "RULE_KIND_", RuleKind, f"{path}.kind"),
+        kind=known_enum(sales_pb2.RuleKind.Name, msg.kind, "RULE_KIND_", RuleKind, f"{path}.kind"),
         points=msg.points,
         conditions=conditions,
         event_type=msg.event_type,
@@ -245,7 +234,7 @@ def factors_from_json(raw: list[dict[str, Any]]) -> tuple[Factor, ...]:
 def pipeline_draft(msg: sales_pb2.Pipeline, path: str = "pipeline") -> PipelineFields:
     stages = []
     for i, s in enumerate(msg.stages):
-        kind = _enum(
+        kind = known_enum(
             sales_pb2.StageKind.Name, s.kind, "STAGE_KIND_", StageKind, f"{path}.stages[{i}].kind"
         )
         stages.append(Stage(s.id, s.name, s.probability, kind or StageKind.OPEN))
@@ -289,7 +278,7 @@ def deal_draft(msg: sales_pb2.Deal, path: str = "deal") -> DealFields:
         owner_id=msg.owner_id,
         contact_id=msg.contact_id,
         company_id=msg.company_id,
-        forecast_category=_enum(
+        forecast_category=known_enum(
             sales_pb2.ForecastCategory.Name,
             msg.forecast_category,
             "FORECAST_CATEGORY_",

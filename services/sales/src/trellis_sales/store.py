@@ -8,8 +8,7 @@ depends on time (decay, sales cycles, history) can be tested on a fixed clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import Message
@@ -19,12 +18,6 @@ from crmkit import db, outbox
 from crmkit.context import Identity
 from crmkit.errors import Invalid
 from trellis_sales.domain import ContactSummary, Meta
-
-Clock = Callable[[], datetime]
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def meta(row: dict[str, Any]) -> Meta:

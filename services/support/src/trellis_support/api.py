@@ -21,6 +21,7 @@ from crm.support.v1 import support_pb2 as pb
 from crm.support.v1 import support_pb2_grpc
 from crmkit import db, paging, text, updates
 from crmkit.client import Callee
+from crmkit.clock import Clock
 from crmkit.context import caller
 from crmkit.errors import Invalid, ServiceError, invalid_field, permission_denied
 from crmkit.ids import canonical_uuid, filter_id
@@ -35,7 +36,6 @@ from trellis_support import (
     report_store,
     ticket_store,
 )
-from trellis_support.clock import Clock
 from trellis_support.domain import Satisfaction, TicketFields
 from trellis_support.kb import ArticleFields
 from trellis_support.policies import PolicyFields

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 from crm.support.v1 import support_pb2, support_pb2_grpc
 from crmkit.client import Callee
+from crmkit.clock import Clock, system_clock
 from crmkit.migrations import migrations_dir
 from crmkit.service import Runtime, ServiceDefinition, Worker
 from trellis_support import timers
 from trellis_support.api import SupportApi
-from trellis_support.clock import Clock, system_clock
 from trellis_support.config import SupportSettings
 from trellis_support.events import contacts_consumer
 

@@ -24,9 +24,9 @@ from datetime import datetime
 
 from crm.support.v1 import events_pb2
 from crmkit import db
+from crmkit.clock import Clock
 from crmkit.periodic import Periodic
 from trellis_support import mapping, metrics, ticket_rows
-from trellis_support.clock import Clock
 from trellis_support.domain import TicketView
 from trellis_support.rows import event, metadata
 from trellis_support.sla import Target, TargetState, TargetStatus

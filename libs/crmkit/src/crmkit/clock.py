@@ -1,5 +1,5 @@
-"""The service's sense of time, injected: SLA arithmetic and timers read it, so tests can
-set it instead of waiting."""
+"""The services' sense of time, injected: SLA clocks, retries, decay and expiry read it, so
+tests set it instead of waiting."""
 
 from __future__ import annotations
 
