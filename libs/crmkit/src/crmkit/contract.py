@@ -1,4 +1,5 @@
-"""What the protos declare, read off the descriptors: scopes, idempotency, event types.
+"""What the protos declare, read off the descriptors: scopes, idempotency, field behaviour,
+event types.
 
 The protos are the one contract (DESIGN.md §1): an RPC's scope, whether it may be retried, and
 what an event is called all live there as options, and everything that needs them (the
@@ -13,9 +14,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    FieldDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
 from google.protobuf.message import Message
 
 from crm.common.v1 import options_pb2
@@ -66,6 +73,31 @@ def takes_idempotency_key(desc: MethodDescriptor) -> bool:
     the caller's idempotency key with their effect. Reads have no effect to repeat, and an
     IDEMPOTENT call (update, delete) leaves the same state however often it runs."""
     return idempotency_level(desc) not in (NO_SIDE_EFFECTS, IDEMPOTENT)
+
+
+# googleapis-common-protos ships no type stubs; importing registers the google.api.field_behavior
+# extension, which FieldOptions then parse.
+_field_behavior: Any = importlib.import_module("google.api.field_behavior_pb2")
+
+
+@cache
+def _behaviors(field: FieldDescriptor) -> frozenset[int]:
+    return frozenset(field.GetOptions().Extensions[_field_behavior.field_behavior])
+
+
+def output_only(field: FieldDescriptor) -> bool:
+    """Set by the server (google.api.field_behavior OUTPUT_ONLY); ignored in requests."""
+    return _field_behavior.OUTPUT_ONLY in _behaviors(field)
+
+
+def required(field: FieldDescriptor) -> bool:
+    """A request must set it (google.api.field_behavior REQUIRED): non-empty, non-zero."""
+    return _field_behavior.REQUIRED in _behaviors(field)
+
+
+@cache
+def output_only_fields(desc: Descriptor) -> frozenset[str]:
+    return frozenset(f.name for f in desc.fields if output_only(f))
 
 
 def carries_secret(message: Message) -> bool:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, replace
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
+from crmkit import contract
 from crmkit.errors import Invalid, Violation
+from crmkit.limits import is_map_field
 
 
 class Record(Protocol):
@@ -30,23 +33,17 @@ def writable_paths(kind: type[Record]) -> frozenset[str]:
     return frozenset(f.name for f in fields(kind))
 
 
-def requested_paths(update_mask: Sequence[str], record: Message) -> list[str]:
-    """The mask as sent, or when it is empty every field set in the message (proto3: every
-    non-default field)."""
-    return list(update_mask) or [f.name for f, _ in record.ListFields()]
-
-
-def resolve_mask(
-    paths: Iterable[str],
-    writable: frozenset[str],
-    output_only: frozenset[str],
-    maps: frozenset[str] = frozenset(),
-) -> list[str]:
-    """The paths an update writes, in order, without repeats; an unknown one is Invalid
-    naming update_mask. `maps` are the writable fields whose entries may be named alone."""
+def mask_paths(update_mask: Sequence[str], record: Message, writable: frozenset[str]) -> list[str]:
+    """The paths an update of `record` writes, in order, without repeats: those the mask names,
+    or without a mask every field the message sets (proto3: every non-default field). The
+    record's output-only fields (as its proto marks them) are dropped; an entry of a writable
+    map field may be named alone; an unknown path is Invalid naming update_mask."""
+    desc = cast(Descriptor, record.DESCRIPTOR)  # the stubs allow upb's descriptor type too
+    output_only = contract.output_only_fields(desc)
+    maps = {f.name for f in desc.fields if is_map_field(f)} & writable
     kept: list[str] = []
     out: list[Violation] = []
-    for path in paths:
+    for path in list(update_mask) or [f.name for f, _ in record.ListFields()]:
         top, dot, key = path.partition(".")
         if path in output_only:
             continue

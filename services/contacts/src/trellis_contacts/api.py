@@ -8,13 +8,11 @@ case only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
-from google.protobuf.message import Message
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crmkit import db, paging, text, updates
@@ -29,15 +27,6 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 _CONTACT_PATHS = updates.writable_paths(ContactFields)
 _COMPANY_PATHS = updates.writable_paths(CompanyFields)
-
-
-def _mask(update_mask: Sequence[str], record: Message, writable: frozenset[str]) -> list[str]:
-    return updates.resolve_mask(
-        updates.requested_paths(update_mask, record),
-        writable,
-        domain.OUTPUT_ONLY,
-        domain.MAP_FIELDS,
-    )
 
 
 class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
@@ -61,7 +50,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     async def UpdateContact(
         self, request: contacts_pb2.UpdateContactRequest, context: Ctx
     ) -> contacts_pb2.Contact:
-        paths = _mask(request.update_mask, request.contact, _CONTACT_PATHS)
+        paths = updates.mask_paths(request.update_mask, request.contact, _CONTACT_PATHS)
         draft = mapping.contact_draft(request.contact)
         draft = domain.normalize_contact(draft, updates.top_level(paths))
         contact = await store.update_contact(
@@ -116,7 +105,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
     async def UpdateCompany(
         self, request: contacts_pb2.UpdateCompanyRequest, context: Ctx
     ) -> contacts_pb2.Company:
-        paths = _mask(request.update_mask, request.company, _COMPANY_PATHS)
+        paths = updates.mask_paths(request.update_mask, request.company, _COMPANY_PATHS)
         draft = mapping.company_draft(request.company)
         draft = domain.normalize_company(draft, updates.top_level(paths))
         company = await store.update_company(

@@ -406,7 +406,3 @@ def new_consent(
 
 
 # --- updates ----------------------------------------------------------------------------------
-
-OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
-# A mask may name one custom field alone: "custom_fields.<name>".
-MAP_FIELDS = frozenset({"custom_fields"})

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from crm.contacts.v1 import contacts_pb2
 from crmkit import text, updates
 from crmkit.errors import Invalid
 from trellis_contacts import domain
@@ -22,7 +23,8 @@ ALL_COMPANY = updates.writable_paths(CompanyFields)
 
 
 def resolve_mask(paths: list[str], writable: frozenset[str]) -> list[str]:
-    return updates.resolve_mask(paths, writable, domain.OUTPUT_ONLY, domain.MAP_FIELDS)
+    record = contacts_pb2.Company() if writable == ALL_COMPANY else contacts_pb2.Contact()
+    return updates.mask_paths(paths, record, writable)
 
 
 DEFS = [

@@ -13,7 +13,6 @@ import os
 import re
 from collections.abc import Iterator
 from enum import Enum
-from functools import cache
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -102,25 +101,6 @@ def load_comments(descriptor_set: DescriptorSetPath = DEFAULT_DESCRIPTOR_SET) ->
 
 
 # --- schemas ---------------------------------------------------------------------------------
-
-# googleapis-common-protos ships no type stubs; importing registers the google.api.field_behavior
-# extension, which FieldOptions then parse.
-_field_behavior: Any = importlib.import_module("google.api.field_behavior_pb2")
-
-
-@cache
-def _behaviors(field: FieldDescriptor) -> frozenset[int]:
-    return frozenset(field.GetOptions().Extensions[_field_behavior.field_behavior])
-
-
-def output_only(field: FieldDescriptor) -> bool:
-    """Set by the server (google.api.field_behavior OUTPUT_ONLY); ignored in requests."""
-    return _field_behavior.OUTPUT_ONLY in _behaviors(field)
-
-
-def required(field: FieldDescriptor) -> bool:
-    """A request must set it (google.api.field_behavior REQUIRED): non-empty, non-zero."""
-    return _field_behavior.REQUIRED in _behaviors(field)
 
 
 class Form(Enum):
@@ -236,11 +216,11 @@ class Schemas:
         name = desc.full_name + form.value
         if name not in self.components:
             self.components[name] = {}  # claimed first: messages may refer to themselves
-            fields = [f for f in desc.fields if form is Form.OUTPUT or not output_only(f)]
+            fields = [f for f in desc.fields if form is Form.OUTPUT or not contract.output_only(f)]
             props = {f.name: self.field(f, form) for f in fields}
             if form is not Form.OUTPUT:  # proto3 JSON reads null as the field's default
                 props = {
-                    f.name: props[f.name] if required(f) else _nullable(props[f.name])
+                    f.name: props[f.name] if contract.required(f) else _nullable(props[f.name])
                     for f in fields
                 }
             schema: dict[str, Any] = {
@@ -252,7 +232,7 @@ class Schemas:
             if form is Form.OUTPUT:
                 names = [f.name for f in fields if not f.has_presence]
             else:
-                names = [f.name for f in fields if form is Form.INPUT and required(f)]
+                names = [f.name for f in fields if form is Form.INPUT and contract.required(f)]
                 # json_format refuses unknown keys: the API takes only the fields it declares.
                 schema["additionalProperties"] = False
             if names:
@@ -278,7 +258,7 @@ class Schemas:
 
     def _single(self, field: FieldDescriptor, form: Form) -> dict[str, Any]:
         """The schema of one value of the field (an element, for a repeated field)."""
-        must = form is not Form.OUTPUT and required(field)
+        must = form is not Form.OUTPUT and contract.required(field)
         if field.message_type is not None:
             return self.message(field.message_type, Form.INPUT if form is Form.PATCH else form)
         if field.enum_type is not None:
@@ -327,11 +307,11 @@ class Schemas:
             schema = {"type": "array", "items": self._single(field, form)}
             if max_items:
                 schema["maxItems"] = max_items
-            if form is not Form.OUTPUT and required(field):
+            if form is not Form.OUTPUT and contract.required(field):
                 schema["minItems"] = 1
         else:
             schema = self._single(field, form)
-        if form is Form.OUTPUT and output_only(field):
+        if form is Form.OUTPUT and contract.output_only(field):
             schema["readOnly"] = True
         # OpenAPI 3.1 schemas are JSON Schema 2020-12: a description beside $ref is allowed.
         return self._describe(schema, field.full_name) if described else schema
@@ -376,7 +356,7 @@ def _mask_paths(route: Route) -> dict[str, Any] | None:
     body = desc.fields_by_name.get(route.body)
     if mask is None or body is None or body.message_type is None:
         return None
-    fields = [f for f in body.message_type.fields if not output_only(f)]
+    fields = [f for f in body.message_type.fields if not contract.output_only(f)]
     choices: list[dict[str, Any]] = [{"type": "string", "enum": [f.name for f in fields]}]
     choices += [
         {"type": "string", "pattern": f"^{re.escape(f.name)}\\..+$"}
@@ -392,7 +372,7 @@ def _param(
     schema = schemas.field(field, Form.INPUT, described=False)
     if item is not None:
         schema["items"] = {**schema["items"], **item}
-    must = where == "path" or required(field)
+    must = where == "path" or contract.required(field)
     param = {"name": name, "in": where, "required": must, "schema": schema}
     if field.full_name in schemas.comments:
         param["description"] = schemas.comments[field.full_name]

@@ -6,13 +6,11 @@ limits, and turns domain errors into statuses; each handler is its use case only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2, json_format, struct_pb2
-from google.protobuf.message import Message
 from nats.js import JetStreamContext
 
 from crm.notify.v1 import notify_pb2, notify_pb2_grpc
@@ -39,12 +37,6 @@ from trellis_notify.config import NotifySettings
 from trellis_notify.unsubscribe import Links
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-
-
-def _mask(
-    update_mask: Sequence[str], record: Message, writable: frozenset[str], output: frozenset[str]
-) -> list[str]:
-    return updates.resolve_mask(updates.requested_paths(update_mask, record), writable, output)
 
 
 def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
@@ -104,7 +96,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateWebhook(
         self, request: notify_pb2.UpdateWebhookRequest, context: Ctx
     ) -> notify_pb2.Webhook:
-        paths = _mask(request.update_mask, request.webhook, domain.WRITABLE, domain.OUTPUT_ONLY)
+        paths = updates.mask_paths(request.update_mask, request.webhook, domain.WRITABLE)
         draft = domain.normalize_webhook(
             mapping.webhook_draft(request.webhook), paths, self._settings.webhook_allow_private
         )
@@ -269,9 +261,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateTemplate(
         self, request: notify_pb2.UpdateTemplateRequest, context: Ctx
     ) -> notify_pb2.Template:
-        paths = _mask(
-            request.update_mask, request.template, templates.WRITABLE, templates.OUTPUT_ONLY
-        )
+        paths = updates.mask_paths(request.update_mask, request.template, templates.WRITABLE)
         draft = templates.normalize(mapping.template_draft(request.template), paths)
         updated = await mail_store.update_template(
             self._pool, caller().tenant_id, request.id, draft, paths, request.etag
@@ -393,7 +383,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
     async def UpdateRule(
         self, request: notify_pb2.UpdateRuleRequest, context: Ctx
     ) -> notify_pb2.Rule:
-        paths = _mask(request.update_mask, request.rule, rules.WRITABLE, rules.OUTPUT_ONLY)
+        paths = updates.mask_paths(request.update_mask, request.rule, rules.WRITABLE)
         draft = rules.normalize(mapping.rule_draft(request.rule), paths)
         updated = await rule_store.update_rule(
             self._pool, caller().tenant_id, request.id, draft, paths, request.etag

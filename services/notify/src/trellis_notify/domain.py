@@ -57,18 +57,6 @@ class Webhook:
 
 
 WRITABLE = frozenset(f for f in WebhookFields.__dataclass_fields__)
-OUTPUT_ONLY = frozenset(
-    {
-        "id",
-        "disabled_reason",
-        "secret",
-        "previous_secret_expire_time",
-        "version",
-        "etag",
-        "create_time",
-        "update_time",
-    }
-)
 
 
 def normalize_webhook(

@@ -76,7 +76,6 @@ class Rule:
 
 
 WRITABLE = frozenset(RuleFields.__dataclass_fields__)
-OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
 
 
 def normalize(

@@ -77,7 +77,6 @@ class Rendered:
 
 
 WRITABLE = frozenset(TemplateFields.__dataclass_fields__)
-OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
 
 
 @lru_cache(maxsize=1024)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from crm.notify.v1 import notify_pb2
 from crmkit import updates
 from crmkit.errors import Invalid
 from trellis_notify import domain, signing
@@ -56,7 +57,7 @@ def test_endpoints_are_normalised_and_checked() -> None:
 
 def test_masks_drop_output_only_fields_and_refuse_unknown_ones() -> None:
     def resolve_mask(paths: list[str]) -> list[str]:
-        return updates.resolve_mask(paths, domain.WRITABLE, domain.OUTPUT_ONLY)
+        return updates.mask_paths(paths, notify_pb2.Webhook(), domain.WRITABLE)
 
     assert resolve_mask(["url", "id", "etag", "url"]) == ["url"]
     with pytest.raises(Invalid):

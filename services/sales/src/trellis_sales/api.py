@@ -8,12 +8,10 @@ case only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
-from google.protobuf.message import Message
 
 from crm.sales.v1 import sales_pb2, sales_pb2_grpc
 from crmkit import db, paging, protomap, text, updates
@@ -48,27 +46,6 @@ _DEAL_PATHS = updates.writable_paths(DealFields)
 _PIPELINE_PATHS = updates.writable_paths(PipelineFields)
 _ACTIVITY_PATHS = updates.writable_paths(ActivityFields)
 _RULE_PATHS = updates.writable_paths(RuleFields)
-_LEAD_READ_ONLY = frozenset(
-    {"score", "score_factors", "score_time", "contact", "converted_deal_id", "convert_time"}
-)
-_DEAL_READ_ONLY = frozenset({"lead_id", "contact", "close_time"})
-_ACTIVITY_READ_ONLY = frozenset({"done_time"})
-
-
-def _mask(
-    update_mask: Sequence[str],
-    record: Message,
-    writable: frozenset[str],
-    read_only: frozenset[str] = frozenset(),
-) -> list[str]:
-    """The paths an update writes; the record's read-only fields are dropped, as output-only
-    ones are (AIP-203), so a client may send back a record it read."""
-    return updates.resolve_mask(
-        updates.requested_paths(update_mask, record),
-        writable,
-        domain.OUTPUT_ONLY | read_only,
-        domain.MAP_FIELDS & writable,
-    )
 
 
 class SalesApi(sales_pb2_grpc.SalesServiceServicer):
@@ -92,7 +69,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     async def UpdateLead(
         self, request: sales_pb2.UpdateLeadRequest, context: Ctx
     ) -> sales_pb2.Lead:
-        paths = _mask(request.update_mask, request.lead, _LEAD_PATHS, _LEAD_READ_ONLY)
+        paths = updates.mask_paths(request.update_mask, request.lead, _LEAD_PATHS)
         draft = domain.normalize_lead(mapping.lead_draft(request.lead), updates.top_level(paths))
         lead = await leads.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
@@ -137,7 +114,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     ) -> sales_pb2.ConvertLeadResponse:
         deal_draft = None
         if request.create_deal:
-            paths = _mask([], request.deal, _DEAL_PATHS, _DEAL_READ_ONLY)
+            paths = updates.mask_paths([], request.deal, _DEAL_PATHS)
             # Currency is checked even when not sent: it has no default.
             deal_draft = domain.normalize_deal(
                 mapping.deal_draft(request.deal), {*paths, "currency"}
@@ -177,7 +154,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     async def UpdateScoringRule(
         self, request: sales_pb2.UpdateScoringRuleRequest, context: Ctx
     ) -> sales_pb2.ScoringRule:
-        paths = _mask(request.update_mask, request.scoring_rule, _RULE_PATHS)
+        paths = updates.mask_paths(request.update_mask, request.scoring_rule, _RULE_PATHS)
         draft = mapping.rule_draft(request.scoring_rule)
         rule = await rules.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
@@ -219,7 +196,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     async def UpdatePipeline(
         self, request: sales_pb2.UpdatePipelineRequest, context: Ctx
     ) -> sales_pb2.Pipeline:
-        paths = _mask(request.update_mask, request.pipeline, _PIPELINE_PATHS)
+        paths = updates.mask_paths(request.update_mask, request.pipeline, _PIPELINE_PATHS)
         draft = mapping.pipeline_draft(request.pipeline)
         draft = domain.normalize_pipeline(draft, updates.top_level(paths))
         pipeline = await pipelines.update(
@@ -261,7 +238,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     async def UpdateDeal(
         self, request: sales_pb2.UpdateDealRequest, context: Ctx
     ) -> sales_pb2.Deal:
-        paths = _mask(request.update_mask, request.deal, _DEAL_PATHS, _DEAL_READ_ONLY)
+        paths = updates.mask_paths(request.update_mask, request.deal, _DEAL_PATHS)
         draft = domain.normalize_deal(mapping.deal_draft(request.deal), updates.top_level(paths))
         deal = await deals.update(
             self._pool, caller(), request.id, draft, paths, request.etag, self._clock()
@@ -332,7 +309,7 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
     async def UpdateActivity(
         self, request: sales_pb2.UpdateActivityRequest, context: Ctx
     ) -> sales_pb2.Activity:
-        paths = _mask(request.update_mask, request.activity, _ACTIVITY_PATHS, _ACTIVITY_READ_ONLY)
+        paths = updates.mask_paths(request.update_mask, request.activity, _ACTIVITY_PATHS)
         draft = mapping.activity_draft(request.activity)
         draft = domain.normalize_activity(draft, updates.top_level(paths))
         activity = await activities.update(

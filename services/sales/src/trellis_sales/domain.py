@@ -454,10 +454,7 @@ def check_parent(fields_: ActivityFields, prefix: str = "activity") -> None:
 
 # --- updates ----------------------------------------------------------------------------------
 
-OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
 CUSTOM = "custom_fields"
-# A mask may name one custom field alone: "custom_fields.<name>".
-MAP_FIELDS = frozenset({CUSTOM})
 
 
 class Fields(Protocol):

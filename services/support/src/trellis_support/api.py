@@ -125,12 +125,7 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         return mapping.ticket_to_proto(view, self._clock())
 
     async def UpdateTicket(self, request: pb.UpdateTicketRequest, context: Ctx) -> pb.Ticket:
-        paths = updates.resolve_mask(
-            updates.requested_paths(request.update_mask, request.ticket),
-            _TICKET_PATHS,
-            domain.OUTPUT_ONLY,
-            domain.MAPS,
-        )
+        paths = updates.mask_paths(request.update_mask, request.ticket, _TICKET_PATHS)
         draft = domain.normalize_ticket(
             mapping.ticket_draft(request.ticket), updates.top_level(paths), update=True
         )
@@ -247,11 +242,7 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
     async def UpdateSlaPolicy(
         self, request: pb.UpdateSlaPolicyRequest, context: Ctx
     ) -> pb.SlaPolicy:
-        paths = updates.resolve_mask(
-            updates.requested_paths(request.update_mask, request.sla_policy),
-            _POLICY_PATHS,
-            policies.OUTPUT_ONLY,
-        )
+        paths = updates.mask_paths(request.update_mask, request.sla_policy, _POLICY_PATHS)
         draft = policies.normalize_policy(mapping.policy_draft(request.sla_policy), paths)
         stored = await policy_store.update(
             self._pool, caller().tenant_id, request.id, draft, paths, request.etag, self._clock()
@@ -297,11 +288,7 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         return mapping.article_to_proto(found)
 
     async def UpdateArticle(self, request: pb.UpdateArticleRequest, context: Ctx) -> pb.Article:
-        paths = updates.resolve_mask(
-            updates.requested_paths(request.update_mask, request.article),
-            _ARTICLE_PATHS,
-            kb.OUTPUT_ONLY,
-        )
+        paths = updates.mask_paths(request.update_mask, request.article, _ARTICLE_PATHS)
         draft = kb.normalize_article(mapping.article_draft(request.article), paths)
         stored = await kb_store.update(
             self._pool, caller().tenant_id, request.id, draft, paths, request.etag, self._clock()

@@ -70,23 +70,6 @@ class TicketFields:
     custom_fields: Mapping[str, object] = field(default_factory=dict)
 
 
-OUTPUT_ONLY = frozenset(
-    {
-        "id",
-        "status",
-        "sla",
-        "first_response_time",
-        "solved_time",
-        "satisfaction",
-        "contact_name",
-        "contact_email",
-        "version",
-        "etag",
-        "create_time",
-        "update_time",
-    }
-)
-MAPS = frozenset({"custom_fields"})
 # Fields whose change may make another SLA policy match.
 MATCHED_ON = frozenset({"priority", "channel", "tags", "company_id"})
 ASSIGNMENT = frozenset({"assignee_id", "team"})

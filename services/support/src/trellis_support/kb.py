@@ -74,9 +74,6 @@ class ArticleFields:
     tags: tuple[str, ...] = ()
 
 
-OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time", "publish_time"})
-
-
 @dataclass(frozen=True)
 class Article:
     id: str

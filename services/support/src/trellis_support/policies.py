@@ -86,9 +86,6 @@ class PolicyFields:
     business_hours: BusinessCalendar | None = None  # None: around the clock
 
 
-OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
-
-
 @dataclass(frozen=True)
 class SlaPolicy:
     id: str
