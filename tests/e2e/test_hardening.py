@@ -3,10 +3,6 @@ says which backend is down; request ids a caller made up never reach the logs.""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-
 import grpc
 import httpx
 import pytest
@@ -15,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from tests.helpers import Platform, Tenant
 from trellis_devstack.probes import health_status
+from trellis_devstack.testing import eventually
 
 UNUSABLE_ID = "r" * 6000
 CONTACTS_SERVICE = "crm.contacts.v1.ContactsService"
@@ -22,14 +19,6 @@ SERVING, NOT_SERVING = (
     health_pb2.HealthCheckResponse.SERVING,
     health_pb2.HealthCheckResponse.NOT_SERVING,
 )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _backend_status(anon: httpx.AsyncClient) -> tuple[int, str]:

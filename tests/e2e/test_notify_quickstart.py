@@ -4,9 +4,8 @@ the event and the contact gets the welcome mail, whose one-click unsubscribe lin
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from tests.helpers import Platform, Tenant
 from trellis_devstack.capture import Mailbox
 from trellis_devstack.infra import free_port
+from trellis_devstack.testing import eventually
 
 
 @pytest.fixture
@@ -26,14 +26,6 @@ async def mailbox(platform: Platform) -> AsyncIterator[Mailbox]:
     platform.start("notify", {"NOTIFY_SMTP_SERVER": f"127.0.0.1:{box.port}"})
     yield box
     await box.stop()
-
-
-async def _until(check: Callable[[], object], what: str, seconds: float = 30) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {what} within {seconds} s")
 
 
 async def test_a_new_contact_gets_a_webhook_and_a_welcome_mail(
@@ -91,9 +83,9 @@ async def test_a_new_contact_gets_a_webhook_and_a_welcome_mail(
             )
             assert contact.status_code == 201, contact.text
 
-            await _until(lambda: hooks, "webhook")
+            await eventually(lambda: hooks, "a webhook", within=30)
             assert hooks[0]["type"] == "crm.contacts.contact.created.v1"
-            await _until(lambda: mailbox.to(address), "welcome mail")
+            await eventually(lambda: mailbox.to(address), "the welcome mail", within=30)
             [mail] = mailbox.to(address)
             assert mail["Subject"] == "Welcome, Ada!"
 
@@ -113,8 +105,8 @@ async def test_a_new_contact_gets_a_webhook_and_a_welcome_mail(
 
 async def _until_serving(api: httpx.AsyncClient) -> None:
     """notify was restarted: wait until the gateway reaches it again."""
-    for _ in range(300):
-        if (await api.get("/v1/webhooks")).status_code == 200:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("notify did not come back")
+
+    async def serving() -> bool:
+        return (await api.get("/v1/webhooks")).status_code == 200
+
+    await eventually(serving, "notify to come back", within=30)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from trellis_devstack.declaration import GATEWAY
 from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.processes import ServiceProcesses
 from trellis_devstack.stack import Stack
+from trellis_devstack.testing import eventually
 
 NATS_SERVER, POSTGRES = "nats-server", "postgres"
 # Whatever the run waits for (a recovery, an event, progress) is a failure after this long.
@@ -49,11 +49,7 @@ Conn = psycopg.AsyncConnection[Any]
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
+    await eventually(check, what, within=PATIENCE_SECONDS, interval=0.02)
 
 
 async def count(conn: Conn, query: str | sql.Composed, params: Any = ()) -> int:
