@@ -49,9 +49,11 @@ from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from crmkit import contract, db
 from crmkit.context import Identity
 from crmkit.ids import new_id
+from trellis_devstack.declaration import GATEWAY
 from trellis_devstack.infra import Nats, Postgres, free_port
 from trellis_devstack.processes import ServiceProcesses
 from trellis_devstack.stack import Stack
+from trellis_devstack.testing import NO_RATE_LIMITS
 
 RESULTS = Path(__file__).parent / "results"
 DESCRIPTORS = Path(__file__).parents[1] / "build" / "gen" / "crm" / "descriptors.binpb"
@@ -61,13 +63,8 @@ BENCHED = ("contacts", "sales", "support")
 GRPC_SERVICES = {name: [s.full_name for s in contract.services_of_domain(name)] for name in BENCHED}
 SCOPES = contract.grantable_scopes(s for name in BENCHED for s in contract.services_of_domain(name))
 UNLIMITED = {
-    "GATEWAY_RATE_LIMIT_KEY_PER_SECOND": "1000000",
-    "GATEWAY_RATE_LIMIT_KEY_BURST": "1000000",
-    "GATEWAY_RATE_LIMIT_TENANT_PER_SECOND": "1000000",
-    "GATEWAY_RATE_LIMIT_TENANT_BURST": "1000000",
-    "GATEWAY_DB_POOL_MAX": "40",
-    "CONTACTS_DB_POOL_MAX": "40",
-    "SALES_DB_POOL_MAX": "40",
+    **NO_RATE_LIMITS,
+    **{f"{name.upper()}_DB_POOL_MAX": "40" for name in (GATEWAY, *BENCHED)},
     "LOG_LEVEL": "WARNING",
 }
 _TICKS = os.sysconf("SC_CLK_TCK")

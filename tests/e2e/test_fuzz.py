@@ -26,10 +26,11 @@ import pytest
 import schemathesis
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from tests.helpers import LIMITS, Platform, Tenant
+from tests.helpers import Platform, Tenant
 from trellis_devstack.declaration import GATEWAY
 from trellis_devstack.infra import free_port
 from trellis_devstack.processes import ServiceProcesses
+from trellis_devstack.testing import NO_RATE_LIMITS
 
 # Bounded: a few examples per operation keep this well under a minute; the seed makes a failure
 # reproducible with the same command line.
@@ -206,7 +207,7 @@ def roomy_gateway(platform: Platform, tmp_path_factory: pytest.TempPathFactory) 
     roomy = ServiceProcesses(
         replace(stack, ports={**stack.ports, GATEWAY: own_ports}), tmp_path_factory.mktemp("fuzz")
     )
-    roomy.start(GATEWAY, {name: "100000" for name in LIMITS if "RATE_LIMIT" in name})
+    roomy.start(GATEWAY, NO_RATE_LIMITS)
     try:
         roomy.wait_ready()
         yield roomy.stack.gateway_url

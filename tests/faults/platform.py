@@ -24,21 +24,13 @@ from trellis_devstack.declaration import GATEWAY
 from trellis_devstack.infra import Nats, Postgres
 from trellis_devstack.processes import ServiceProcesses
 from trellis_devstack.stack import Stack
-from trellis_devstack.testing import eventually
+from trellis_devstack.testing import NO_RATE_LIMITS, eventually
 
 NATS_SERVER, POSTGRES = "nats-server", "postgres"
 # Whatever the run waits for (a recovery, an event, progress) is a failure after this long.
 PATIENCE_SECONDS = 120.0
 # Warnings and errors are what the logs are kept for.
 QUIET = {"LOG_LEVEL": "WARNING"}
-# Rate limits are not under test here (the chart's 50/s per key is below the run's pace): high
-# enough that they never answer.
-UNLIMITED = {
-    "GATEWAY_RATE_LIMIT_KEY_PER_SECOND": "100000",
-    "GATEWAY_RATE_LIMIT_KEY_BURST": "100000",
-    "GATEWAY_RATE_LIMIT_TENANT_PER_SECOND": "100000",
-    "GATEWAY_RATE_LIMIT_TENANT_BURST": "100000",
-}
 # Writers waiting for a table: INSERT, UPDATE and DELETE ask for ROW EXCLUSIVE on it (the
 # relay's SELECT ... FOR UPDATE asks for less, so it is not counted).
 _WRITERS_WAITING = (
@@ -89,7 +81,7 @@ class Services(ServiceProcesses):
     the chart's entries would otherwise set over the stack's environment."""
 
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> None:
-        super().start(name, {**UNLIMITED, **(extra_env or {})})
+        super().start(name, {**NO_RATE_LIMITS, **(extra_env or {})})
 
 
 class Hold:

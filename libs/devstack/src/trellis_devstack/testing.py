@@ -23,6 +23,13 @@ from crmkit.service import ServiceDefinition, serve
 from trellis_devstack.infra import Postgres, free_port
 from trellis_devstack.probes import wait_for_health
 
+# The gateway's rate limits far above what a fault run, a fuzzing run or a benchmark sends:
+# they are not what those measure.
+NO_RATE_LIMITS = {
+    f"GATEWAY_RATE_LIMIT_{limit}": "1000000"
+    for limit in ("KEY_PER_SECOND", "KEY_BURST", "TENANT_PER_SECOND", "TENANT_BURST")
+}
+
 
 def service_settings(nats_url: str, key: auth.SigningKey) -> dict[str, Any]:
     """The settings every service takes in tests, before its own: a free port, a small pool,
