@@ -110,13 +110,21 @@ def search_config(locale: str) -> str:
     return SEARCH_CONFIGS.get(locale.split("-")[0].lower(), FALLBACK_CONFIG)
 
 
+def _locale(value: str, path: str, out: list[Violation]) -> str | None:
+    found = canonical_locale(value)
+    if found is None:
+        out.append((path, 'not a language tag, e.g. "en" or "pt-BR"'))
+    return found
+
+
 def locale_filter(value: str, path: str) -> str:
     """A locale a list or search is narrowed to ("" for none); Invalid if it is no tag."""
     if not value.strip():
         return ""
-    found = canonical_locale(value)
+    out: list[Violation] = []
+    found = _locale(value, path, out)
     if found is None:
-        raise Invalid([(path, 'not a language tag, e.g. "en" or "pt-BR"')])
+        raise Invalid(out)
     return found
 
 
@@ -134,9 +142,7 @@ def normalize_article(
             case "body":
                 changes[name] = domain.long_text(value, path, out)
             case "locale":
-                locale = canonical_locale(value) if value.strip() else DEFAULT_LOCALE
-                if locale is None:
-                    out.append((path, 'not a language tag, e.g. "en" or "pt-BR"'))
+                locale = _locale(value, path, out) if value.strip() else DEFAULT_LOCALE
                 changes[name] = locale or value
             case "tags":
                 changes[name] = text.tags(value, path, out)
