@@ -10,7 +10,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from crmkit import text
+from crm.support.v1 import support_pb2 as pb
+from crmkit import contract, text
 from crmkit.errors import Invalid, Violation
 from trellis_support import domain
 
@@ -23,7 +24,10 @@ class ArticleStatus(StrEnum):
 
 # Statuses only callers with the agent scope see.
 UNPUBLISHED = frozenset({ArticleStatus.DRAFT, ArticleStatus.ARCHIVED})
-AGENT_SCOPE = "kb:write"
+# Those who may write articles see them unpublished too.
+AGENT_SCOPE = contract.required_scope(
+    pb.DESCRIPTOR.services_by_name["SupportService"].methods_by_name["CreateArticle"]
+)
 DEFAULT_LOCALE = "en"
 
 # ISO 639-1 language -> PostgreSQL's built-in text-search configuration of that language;
