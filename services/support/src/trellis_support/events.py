@@ -9,14 +9,15 @@ from google.protobuf import json_format
 from nats.js import JetStreamContext
 
 from crm.contacts.v1 import contacts_pb2
-from crmkit import db, projections
+from crm.contacts.v1 import events_pb2 as contact_events
+from crmkit import contract, db, projections
 from crmkit.consumer import Consumer, Event
 from trellis_support.domain import ContactFacts
 from trellis_support.mapping import contact_facts
 
 PROJECTION = "support-contacts"
 SUBJECTS = ["crm.events.*.contacts.contact.>"]
-_DELETED = "crm.contacts.contact.deleted.v1"
+_DELETED = contract.event_type(contact_events.ContactDeleted.DESCRIPTOR).ce_type
 
 # The contact's own version orders the facts too, so a fact learnt from a GetContact answer
 # and one from an event cannot overwrite a newer one whichever arrives last.
