@@ -192,11 +192,10 @@ class SupportApi(support_pb2_grpc.SupportServiceServicer):
         self, request: pb.SuggestArticlesRequest, context: Ctx
     ) -> pb.SuggestArticlesResponse:
         tenant_id = caller().tenant_id
-        ticket = (await ticket_store.get(self._pool, tenant_id, request.id)).ticket.fields
         found = await kb_store.suggest(
             self._pool,
             tenant_id,
-            f"{ticket.subject}\n{ticket.description}",
+            await ticket_store.subject_and_description(self._pool, tenant_id, request.id),
             request.max_results or DEFAULT_SUGGESTIONS,
         )
         return pb.SuggestArticlesResponse(matches=[_match_to_proto(m) for m in found])

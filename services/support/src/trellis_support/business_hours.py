@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
 import holidays
 
@@ -106,9 +106,17 @@ def country_holidays(country: str, subdivision: str = "") -> holidays.HolidayBas
         raise CalendarError(f"no holiday calendar for {country!r}") from None
 
 
+@cache
+def zone_names() -> frozenset[str]:
+    """The zones a calendar may name. Narrower than what ZoneInfo loads, which also opens the
+    tz database's "posix/" and "right/" copies and files such as "localtime"."""
+    return frozenset(available_timezones())
+
+
 def check_calendar(calendar: BusinessCalendar) -> None:
     """Raise CalendarError if the zone or the holiday calendar does not exist."""
-    _ = calendar.zone
+    if calendar.time_zone not in zone_names():
+        raise CalendarError(f"unknown time zone {calendar.time_zone!r}")
     if calendar.holiday_country:
         country_holidays(calendar.holiday_country, calendar.holiday_subdivision)
 

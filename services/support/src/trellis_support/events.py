@@ -3,17 +3,21 @@ events (and from the contact a new ticket was checked against)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
+from google.protobuf import json_format
 from nats.js import JetStreamContext
 
-from crmkit import db, projections
+from crm.contacts.v1 import contacts_pb2
+from crm.contacts.v1 import events_pb2 as contact_events
+from crmkit import contract, db, projections
 from crmkit.consumer import Consumer, Event
 from trellis_support.domain import ContactFacts
+from trellis_support.mapping import contact_facts
 
 PROJECTION = "support-contacts"
 SUBJECTS = ["crm.events.*.contacts.contact.>"]
-_DELETED = "crm.contacts.contact.deleted.v1"
+_DELETED = contract.event_type(contact_events.ContactDeleted.DESCRIPTOR).ce_type
 
 # The contact's own version orders the facts too, so a fact learnt from a GetContact answer
 # and one from an event cannot overwrite a newer one whichever arrives last.
@@ -47,16 +51,11 @@ def facts_of(event: Event) -> ContactFacts:
     """The facts an event tells (its data is the contact's proto3 JSON)."""
     if event.type == _DELETED:
         return ContactFacts(event.subject, "", "", "", event.record_version, deleted=True)
-    contact: dict[str, Any] = event.data.get("contact", {})
-    names = (contact.get("first_name", ""), contact.get("last_name", ""))
-    emails = contact.get("emails") or [""]
-    return ContactFacts(
-        contact_id=event.subject,
-        name=" ".join(n for n in names if n),
-        email=emails[0],
-        company_id=contact.get("company_id", ""),
-        version=event.record_version,
+    # Unknown fields are what a newer contacts service adds: ignored, as proto3 JSON allows.
+    contact = json_format.ParseDict(
+        event.data.get("contact", {}), contacts_pb2.Contact(), ignore_unknown_fields=True
     )
+    return replace(contact_facts(contact), contact_id=event.subject, version=event.record_version)
 
 
 async def apply_contact_event(event: Event, conn: db.Conn) -> None:

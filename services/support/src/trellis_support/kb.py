@@ -10,7 +10,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from crmkit import text
+from crm.support.v1 import support_pb2 as pb
+from crmkit import contract, text
 from crmkit.errors import Invalid, Violation
 from trellis_support import domain
 
@@ -23,7 +24,10 @@ class ArticleStatus(StrEnum):
 
 # Statuses only callers with the agent scope see.
 UNPUBLISHED = frozenset({ArticleStatus.DRAFT, ArticleStatus.ARCHIVED})
-AGENT_SCOPE = "kb:write"
+# Those who may write articles see them unpublished too.
+AGENT_SCOPE = contract.required_scope(
+    pb.DESCRIPTOR.services_by_name["SupportService"].methods_by_name["CreateArticle"]
+)
 DEFAULT_LOCALE = "en"
 
 # ISO 639-1 language -> PostgreSQL's built-in text-search configuration of that language;
@@ -107,13 +111,21 @@ def search_config(locale: str) -> str:
     return SEARCH_CONFIGS.get(locale.split("-")[0].lower(), FALLBACK_CONFIG)
 
 
+def _locale(value: str, path: str, out: list[Violation]) -> str | None:
+    found = canonical_locale(value)
+    if found is None:
+        out.append((path, 'not a language tag, e.g. "en" or "pt-BR"'))
+    return found
+
+
 def locale_filter(value: str, path: str) -> str:
     """A locale a list or search is narrowed to ("" for none); Invalid if it is no tag."""
     if not value.strip():
         return ""
-    found = canonical_locale(value)
+    out: list[Violation] = []
+    found = _locale(value, path, out)
     if found is None:
-        raise Invalid([(path, 'not a language tag, e.g. "en" or "pt-BR"')])
+        raise Invalid(out)
     return found
 
 
@@ -131,9 +143,7 @@ def normalize_article(
             case "body":
                 changes[name] = domain.long_text(value, path, out)
             case "locale":
-                locale = canonical_locale(value) if value.strip() else DEFAULT_LOCALE
-                if locale is None:
-                    out.append((path, 'not a language tag, e.g. "en" or "pt-BR"'))
+                locale = _locale(value, path, out) if value.strip() else DEFAULT_LOCALE
                 changes[name] = locale or value
             case "tags":
                 changes[name] = text.tags(value, path, out)

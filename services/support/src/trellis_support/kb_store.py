@@ -187,8 +187,6 @@ async def page(
 ) -> list[Article]:
     where = ["a.tenant_id = %(tenant_id)s"]
     params: dict[str, Any] = {"tenant_id": tenant_id, "limit": limit}
-    if filters.published_only:
-        where.append("a.status = 'published'")
     if filters.status is not None:
         where.append("a.status = %(status)s")
         params["status"] = filters.status.value
@@ -204,7 +202,8 @@ async def page(
     async with db.tenant_tx(pool, tenant_id) as conn:
         rows = await db.fetch_all(
             conn,
-            f"SELECT {_COLUMNS} FROM kb_articles a WHERE {' AND '.join(where)}"
+            f"SELECT {_COLUMNS} FROM kb_articles a"
+            f" WHERE {' AND '.join(where)}{_visible(filters.published_only)}"
             " ORDER BY a.id DESC LIMIT %(limit)s",
             params,
         )

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 from crm.contacts.v1 import contacts_pb2
 from crm.support.v1 import support_pb2 as pb
 from crmkit.errors import Invalid
-from crmkit.protomap import custom_from_proto, custom_to_proto, stamp
+from crmkit.protomap import custom_from_proto, custom_to_proto, known_enum, proto_name, stamp
 from trellis_support.business_hours import MINUTES_PER_DAY, BusinessCalendar
 from trellis_support.domain import (
     AuthorType,
@@ -36,8 +36,8 @@ E = TypeVar("E", bound=Enum)
 
 
 class EnumMap(Generic[E]):
-    """A proto enum and a domain enum whose members are named as the proto values without their
-    type's prefix ("PRIORITY_LOW" <-> Priority.LOW), so a new value cannot be missed."""
+    """A proto enum and its domain enum, bound once so call sites name neither the prefix nor
+    the proto type."""
 
     def __init__(
         self,
@@ -49,17 +49,7 @@ class EnumMap(Generic[E]):
         self._name_of, self._value_of, self._prefix, self._kind = name_of, value_of, prefix, kind
 
     def from_proto(self, number: int, path: str) -> E | None:
-        """The member; None for UNSPECIFIED; Invalid for a number the enum does not have."""
-        if number == 0:
-            return None
-        try:
-            name = self._name_of(number).removeprefix(self._prefix)
-        except ValueError:  # proto3 enums are open: any number can arrive
-            name = ""
-        member = self._kind.__members__.get(name)
-        if member is None:
-            raise Invalid([(path, f"unknown value {number}")])
-        return member
+        return known_enum(self._name_of, number, self._prefix, self._kind, path)
 
     def members(self, numbers: Iterable[int], path: str) -> tuple[E, ...]:
         """The members of a repeated enum field, where UNSPECIFIED means nothing."""
@@ -73,7 +63,7 @@ class EnumMap(Generic[E]):
 
     def to_proto(self, member: E | None) -> Any:
         # Any: each proto enum has a ValueType of its own (a NewType of int).
-        return self._value_of(self._prefix + (member.name if member is not None else "UNSPECIFIED"))
+        return self._value_of(proto_name(member, self._prefix))
 
 
 def _enum(wrapper: object, prefix: str, kind: type[E]) -> EnumMap[E]:

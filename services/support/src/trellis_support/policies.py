@@ -12,9 +12,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from functools import cache
 from typing import Any
-from zoneinfo import available_timezones
 
 from crmkit import text
 from crmkit.errors import Invalid, Violation
@@ -25,6 +23,7 @@ from trellis_support.business_hours import (
     CalendarError,
     Window,
     country_holidays,
+    zone_names,
 )
 from trellis_support.domain import Channel, Priority, TicketFields
 from trellis_support.sla import DEFAULT_WARNING_PERCENT, AppliedPolicy, Target
@@ -94,11 +93,6 @@ class SlaPolicy:
     etag: str
     create_time: datetime
     update_time: datetime
-
-
-@cache
-def _zones() -> frozenset[str]:
-    return frozenset(available_timezones())
 
 
 def _conditions(value: Conditions, path: str, out: list[Violation]) -> Conditions:
@@ -182,7 +176,7 @@ def _days_off(values: Iterable[str], path: str, out: list[Violation]) -> frozens
 
 def _calendar(draft: HoursDraft, path: str, out: list[Violation]) -> BusinessCalendar:
     zone = draft.time_zone.strip()
-    if zone not in _zones():
+    if zone not in zone_names():
         out.append((f"{path}.time_zone", 'must be an IANA time zone, e.g. "Europe/Berlin"'))
     country = draft.holiday_country.strip().upper()
     subdivision = draft.holiday_subdivision.strip().upper()

@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from crmkit import db
+from trellis_support.domain import Priority
 from trellis_support.sla import Target
-from trellis_support.workflow import Status
+from trellis_support.workflow import DONE, Status
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ _TIMES = """
 WITH r AS (
     SELECT {group} AS grp,
            extract(epoch FROM first_response_at - create_time) AS first_response,
-           CASE WHEN status IN ('solved', 'closed')
+           CASE WHEN status = ANY(%(done)s::text[])
                 THEN extract(epoch FROM solved_at - create_time) END AS resolution
     FROM tickets
     WHERE tenant_id = %(tenant_id)s AND create_time >= %(start)s AND create_time < %(end)s
@@ -66,15 +67,13 @@ SELECT grp, count(*) AS tickets,
        percentile_cont(0.9) WITHIN GROUP (ORDER BY resolution) AS res_p90
 FROM r GROUP BY grp ORDER BY {order}
 """
-_PRIORITY_ORDER = (
-    "array_position(ARRAY['low', 'normal', 'high', 'urgent'], grp)"  # the enum's order
-)
+_PRIORITY_ORDER = "array_position(%(priorities)s::text[], grp)"
 _COMPLIANCE = """
 SELECT s.target,
        count(*) FILTER (WHERE s.fired_at IS NOT NULL) AS breached,
        count(*) FILTER (WHERE s.fired_at IS NULL AND CASE s.target
            WHEN 'first_response' THEN t.first_response_at IS NOT NULL
-           ELSE t.status IN ('solved', 'closed') END) AS met
+           ELSE t.status = ANY(%(done)s::text[]) END) AS met
 FROM sla_timers s
 JOIN tickets t ON t.tenant_id = s.tenant_id AND t.id = s.ticket_id
 WHERE s.tenant_id = %(tenant_id)s AND s.kind = 'breach' AND s.cycle = 0
@@ -90,7 +89,7 @@ SELECT status, count(*) AS tickets FROM (
     WHERE s.tenant_id = %(tenant_id)s AND t.create_time < %(end)s AND s.at < %(end)s
     ORDER BY s.ticket_id, s.seq DESC
 ) latest
-WHERE status NOT IN ('solved', 'closed')
+WHERE status <> ALL(%(done)s::text[])
 GROUP BY status
 """
 _CSAT = """
@@ -114,7 +113,13 @@ def _times(row: dict[str, Any]) -> Times:
 
 
 async def report(pool: db.Pool, tenant_id: str, start: datetime, end: datetime) -> Report:
-    params = {"tenant_id": tenant_id, "start": start, "end": end}
+    params = {
+        "tenant_id": tenant_id,
+        "start": start,
+        "end": end,
+        "done": sorted(s.value for s in DONE),
+        "priorities": [p.value for p in Priority],  # the enum's order is the report's
+    }
     async with db.tenant_tx(pool, tenant_id) as conn:
         by_priority = await db.fetch_all(
             conn, _TIMES.format(group="priority", order=_PRIORITY_ORDER), params

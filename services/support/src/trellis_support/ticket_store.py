@@ -189,6 +189,20 @@ async def get(pool: db.Pool, tenant_id: str, ticket_id: str) -> TicketView:
         return await ticket_rows.load(conn, tenant_id, known)
 
 
+async def subject_and_description(pool: db.Pool, tenant_id: str, ticket_id: str) -> str:
+    """A ticket's subject and description as one text, without the rest of its view."""
+    known = known_id("ticket", ticket_id)
+    async with db.tenant_tx(pool, tenant_id) as conn:
+        row = await db.fetch_one(
+            conn,
+            "SELECT subject, description FROM tickets WHERE tenant_id = %s AND id = %s",
+            (tenant_id, known),
+        )
+    if row is None:
+        raise NotFound("ticket", known)
+    return f"{row['subject']}\n{row['description']}"
+
+
 async def update(
     pool: db.Pool,
     ident: Identity,
