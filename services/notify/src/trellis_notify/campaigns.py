@@ -27,7 +27,7 @@ from crmkit import db
 from crmkit.client import Callee
 from crmkit.clock import Clock
 from crmkit.errors import FailedPrecondition, Invalid, NotFound, ServiceError
-from crmkit.ids import canonical_uuid, new_id
+from crmkit.ids import canonical_uuid, known_id, new_id
 from crmkit.text import one_line, required
 from trellis_notify import audience, mail_store
 from trellis_notify.templates import Values
@@ -199,9 +199,7 @@ async def _totals(conn: db.Conn, tenant_id: str, campaign_id: str) -> Totals:
 async def _select(
     conn: db.Conn, tenant_id: str, campaign_id: str, lock: str = ""
 ) -> dict[str, Any]:
-    known = canonical_uuid(campaign_id)
-    if known is None:
-        raise NotFound("campaign", campaign_id)
+    known = known_id("campaign", campaign_id)
     cur = await conn.execute(
         sql.SQL("SELECT {columns} FROM campaigns WHERE tenant_id = %s AND id = %s {lock}").format(
             columns=_COLUMNS, lock=sql.SQL(lock)
