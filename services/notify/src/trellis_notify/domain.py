@@ -15,10 +15,8 @@ from functools import cache
 from typing import Any
 
 from crmkit import text
-from crmkit.errors import Invalid
+from crmkit.errors import Invalid, Violation
 from trellis_notify import ssrf
-
-Violation = tuple[str, str]
 
 # Lower-case CloudEvents type characters, and "*" matching any run of them (dots included).
 _PATTERN = re.compile(r"[a-z0-9_.*]+")

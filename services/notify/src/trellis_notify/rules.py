@@ -14,11 +14,9 @@ from enum import StrEnum
 from typing import Any
 
 from crmkit import text
-from crmkit.errors import Invalid
-from crmkit.ids import canonical_uuid
+from crmkit.errors import Invalid, Violation
+from crmkit.ids import reference
 from trellis_notify import domain
-
-Violation = tuple[str, str]
 
 _PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 _MISSING = object()
@@ -123,12 +121,11 @@ def _action(action: Action, path: str, out: list[Violation]) -> Action:
     if bool(template_id) == bool(webhook_id):
         out.append((path, "needs a template_id (send an email) or a webhook_id, not both"))
         return action
-    for value, name in ((template_id, "template_id"), (webhook_id, "webhook_id")):
-        if value and canonical_uuid(value) is None:
-            out.append((f"{path}.{name}", f"no such {name.removesuffix('_id')}"))
+    template_id = reference(template_id, f"{path}.template_id", out, "template")
+    webhook_id = reference(webhook_id, f"{path}.webhook_id", out, "webhook")
     address, contact_field = action.address.strip(), action.contact_field.strip()
     if webhook_id:
-        return Action(webhook_id=canonical_uuid(webhook_id) or webhook_id)
+        return Action(webhook_id=webhook_id)
     if action.recipient is None:
         out.append((f"{path}.recipient", "must be CONTACT, OWNER or ADDRESS"))
     if action.recipient is Recipient.ADDRESS:
@@ -138,7 +135,7 @@ def _action(action: Action, path: str, out: list[Violation]) -> Action:
     if contact_field and not _PATH.fullmatch(contact_field):
         out.append((f"{path}.contact_field", "a dotted path into the event's data"))
     return Action(
-        template_id=canonical_uuid(template_id) or template_id,
+        template_id=template_id,
         recipient=action.recipient,
         address=address,
         contact_field=contact_field,

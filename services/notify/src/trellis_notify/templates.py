@@ -19,11 +19,9 @@ from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from crmkit import text
-from crmkit.errors import Invalid
+from crmkit.errors import Invalid, Violation
 from trellis_notify import domain
 from trellis_notify.audience import TRANSACTIONAL
-
-Violation = tuple[str, str]
 
 MAX_RENDERED_CHARS = 1_000_000
 _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
@@ -138,9 +136,7 @@ def _contents(contents: Sequence[Content], path: str, out: list[Violation]) -> t
         elif locale.lower() in seen:
             out.append((f"{at}.locale", "a second content for this locale"))
         seen.append(locale.lower())
-        subject = text.one_line(content.subject, f"{at}.subject", out)
-        if not subject:
-            out.append((f"{at}.subject", "must not be empty"))
+        subject = text.required(content.subject, f"{at}.subject", out)
         if not content.text.strip() and not content.html.strip():
             out.append((at, "needs a text or an HTML body"))
         _compiles(subject, False, f"{at}.subject", out)
