@@ -182,18 +182,22 @@ def _campaign(row: dict[str, Any], totals: Totals | None = None) -> Campaign:
     )
 
 
-async def _totals(conn: db.Conn, tenant_id: str, campaign_id: str) -> Totals:
+async def _with_totals(conn: db.Conn, tenant_id: str, rows: list[dict[str, Any]]) -> list[Campaign]:
+    """The campaigns of `rows` with their totals, counted in one query for the whole page."""
     cur = await conn.execute(
-        "SELECT count(*) AS recipients,"
+        "SELECT campaign_id, count(*) AS recipients,"
         " count(*) FILTER (WHERE status = 'pending') AS pending,"
         " count(*) FILTER (WHERE status = 'queued') AS queued,"
         " count(*) FILTER (WHERE status = 'skipped') AS skipped"
-        " FROM campaign_recipients WHERE tenant_id = %s AND campaign_id = %s",
-        (tenant_id, campaign_id),
+        " FROM campaign_recipients WHERE tenant_id = %s AND campaign_id = ANY(%s)"
+        " GROUP BY campaign_id",
+        (tenant_id, [r["id"] for r in rows]),
     )
-    row = await cur.fetchone()
-    assert row is not None
-    return Totals(row["recipients"], row["pending"], row["queued"], row["skipped"])
+    totals = {
+        t["campaign_id"]: Totals(t["recipients"], t["pending"], t["queued"], t["skipped"])
+        for t in await cur.fetchall()
+    }
+    return [_campaign(r, totals.get(r["id"])) for r in rows]
 
 
 async def _select(
@@ -244,7 +248,7 @@ async def create(pool: db.Pool, tenant_id: str, fields: CampaignFields, at: date
 async def get(pool: db.Pool, tenant_id: str, campaign_id: str) -> Campaign:
     async with db.tenant_tx(pool, tenant_id) as conn:
         row = await _select(conn, tenant_id, campaign_id)
-        return _campaign(row, await _totals(conn, tenant_id, str(row["id"])))
+        return (await _with_totals(conn, tenant_id, [row]))[0]
 
 
 async def list_campaigns(
@@ -257,7 +261,7 @@ async def list_campaigns(
     async with db.tenant_tx(pool, tenant_id) as conn:
         cur = await conn.execute(query, {"tenant_id": tenant_id, "after": after, "limit": limit})
         rows = await cur.fetchall()
-        return [_campaign(r, await _totals(conn, tenant_id, str(r["id"]))) for r in rows]
+        return await _with_totals(conn, tenant_id, rows)
 
 
 _MOVES = {
@@ -285,7 +289,7 @@ async def move(pool: db.Pool, tenant_id: str, campaign_id: str, verb: str) -> Ca
             moved = await cur.fetchone()
             assert moved is not None
             row = moved
-        return _campaign(row, await _totals(conn, tenant_id, str(row["id"])))
+        return (await _with_totals(conn, tenant_id, [row]))[0]
 
 
 async def recipients(
