@@ -205,15 +205,7 @@ async def _recipient(
         event.data.get("contact"), dict
     ):
         # The event carries the contact itself: no need to wait for the projection.
-        contact = event.data["contact"]
-        emails = contact.get("emails") or []
-        found = audience.Recipient(
-            event.subject,
-            str(emails[0]) if emails else "",
-            str(contact.get("first_name", "")),
-            str(contact.get("last_name", "")),
-            str(contact.get("owner_id", "")),
-        )
+        found = audience.recipient_from_event(event)
     else:
         contact_id = rules.lookup(event.data, action.contact_field or f"{entity}.contact_id")
         known = canonical_uuid(contact_id) if isinstance(contact_id, str) else None
