@@ -104,14 +104,13 @@ def new_campaign(
     audience: Audience,
     schedule_time: datetime | None,
     rate_per_minute: int,
-    prefix: str = "campaign",
 ) -> CampaignFields:
     out: list[tuple[str, str]] = []
-    name = required(name, f"{prefix}.name", out)
+    name = required(name, "campaign.name", out)
     template = canonical_uuid(template_id.strip())
     if template is None:
-        out.append((f"{prefix}.template_id", "no such template"))
-    where = f"{prefix}.audience"
+        out.append(("campaign.template_id", "no such template"))
+    where = "campaign.audience"
     ids = []
     for i, raw in enumerate(audience.contact_ids):
         known = canonical_uuid(raw.strip())

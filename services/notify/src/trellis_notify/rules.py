@@ -77,22 +77,20 @@ WRITABLE = frozenset(RuleFields.__dataclass_fields__)
 OUTPUT_ONLY = frozenset({"id", "version", "etag", "create_time", "update_time"})
 
 
-def normalize(
-    draft: RuleFields, paths: Sequence[str] | frozenset[str], prefix: str = "rule"
-) -> RuleFields:
+def normalize(draft: RuleFields, paths: Sequence[str] | frozenset[str]) -> RuleFields:
     """Check the fields named in `paths`; raise Invalid naming every bad one."""
     out: list[Violation] = []
     changes: dict[str, Any] = {}
     if "name" in paths:
-        changes["name"] = text.required(draft.name, f"{prefix}.name", out)
+        changes["name"] = text.required(draft.name, "rule.name", out)
     if "event_type" in paths:
-        changes["event_type"] = domain.pattern(draft.event_type, f"{prefix}.event_type", out)
+        changes["event_type"] = domain.pattern(draft.event_type, "rule.event_type", out)
     if "conditions" in paths:
         changes["conditions"] = tuple(
-            _condition(c, f"{prefix}.conditions[{i}]", out) for i, c in enumerate(draft.conditions)
+            _condition(c, f"rule.conditions[{i}]", out) for i, c in enumerate(draft.conditions)
         )
     if "action" in paths:
-        changes["action"] = _action(draft.action, f"{prefix}.action", out)
+        changes["action"] = _action(draft.action, "rule.action", out)
     if out:
         raise Invalid(out)
     return replace(draft, **changes)

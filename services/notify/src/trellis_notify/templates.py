@@ -90,36 +90,32 @@ def _compiles(source: str, html: bool, path: str, out: list[Violation]) -> None:
         out.append((path, f"line {err.lineno}: {err.message}"))
 
 
-def normalize(
-    draft: TemplateFields, paths: Sequence[str] | frozenset[str], prefix: str = "template"
-) -> TemplateFields:
+def normalize(draft: TemplateFields, paths: Sequence[str] | frozenset[str]) -> TemplateFields:
     """Check the fields named in `paths` (and the whole record's rules); raise Invalid."""
     out: list[Violation] = []
     changes: dict[str, Any] = {}
     if "name" in paths:
-        changes["name"] = text.required(draft.name, f"{prefix}.name", out)
+        changes["name"] = text.required(draft.name, "template.name", out)
     if "purpose" in paths:
-        changes["purpose"] = (
-            domain.purpose(draft.purpose, f"{prefix}.purpose", out) or TRANSACTIONAL
-        )
+        changes["purpose"] = domain.purpose(draft.purpose, "template.purpose", out) or TRANSACTIONAL
     if "contents" in paths:
-        changes["contents"] = _contents(draft.contents, f"{prefix}.contents", out)
+        changes["contents"] = _contents(draft.contents, "template.contents", out)
     if "default_locale" in paths:
         locale = draft.default_locale.strip()
         if locale and not _LOCALE.fullmatch(locale):
-            out.append((f"{prefix}.default_locale", "not a language tag, e.g. en or de-CH"))
+            out.append(("template.default_locale", "not a language tag, e.g. en or de-CH"))
         changes["default_locale"] = locale
     if out:
         raise Invalid(out)
     return replace(draft, **changes)
 
 
-def finish(fields_: TemplateFields, prefix: str = "template") -> TemplateFields:
+def finish(fields_: TemplateFields) -> TemplateFields:
     """The whole-record rule: the default locale is one of the contents' (the first's if unset)."""
     locales = [c.locale for c in fields_.contents]
     default = fields_.default_locale or (locales[0] if locales else "")
     if default not in locales:
-        raise Invalid([(f"{prefix}.default_locale", f"must be one of {', '.join(locales)}")])
+        raise Invalid([("template.default_locale", f"must be one of {', '.join(locales)}")])
     return replace(fields_, default_locale=default)
 
 
