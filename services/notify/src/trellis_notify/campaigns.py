@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import db
+from crmkit import contract, db
 from crmkit.client import Callee
 from crmkit.clock import Clock
 from crmkit.errors import FailedPrecondition, Invalid, NotFound, ServiceError
@@ -36,8 +36,11 @@ from trellis_notify.unsubscribe import Links
 log = logging.getLogger(__name__)
 
 DEFAULT_RATE = 60
-# The one scope notify claims as itself (its key's JWK must allow it: tokenScopes in values).
-READ_CONTACTS = "contacts:read"
+# The one scope notify claims as itself, read from the contract so that it follows what
+# ListContacts declares (its key's JWK must allow it: tokenScopes in values).
+READ_CONTACTS = contract.required_scope(
+    contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"].methods_by_name["ListContacts"]
+)
 _STAGES = frozenset(
     n.removeprefix("LIFECYCLE_STAGE_")
     for n in contacts_pb2.LifecycleStage.DESCRIPTOR.values_by_name
