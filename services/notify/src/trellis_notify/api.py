@@ -17,8 +17,8 @@ from crm.notify.v1 import notify_pb2, notify_pb2_grpc
 from crmkit import db, paging, updates
 from crmkit.clock import Clock
 from crmkit.context import caller
-from crmkit.errors import Invalid, NotFound, invalid_field
-from crmkit.ids import canonical_uuid
+from crmkit.errors import Invalid, invalid_field
+from crmkit.ids import known_id
 from crmkit.protomap import time_from_proto
 from trellis_notify import (
     audience,
@@ -312,9 +312,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
             template = await mail_store.select_template(conn, tenant_id, request.template_id)
             contact: dict[str, Any] = {}
             if contact_id:
-                known = canonical_uuid(contact_id)
-                if known is None:
-                    raise NotFound("contact", contact_id)
+                known = known_id("contact", contact_id)
                 found = await audience.recipient(conn, tenant_id, known)
                 contact, to, contact_id = found.variables(), found.email, known
             queued = await mail_store.enqueue(

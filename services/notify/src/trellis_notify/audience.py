@@ -47,6 +47,19 @@ class Recipient:
         }
 
 
+def recipient_from_event(event: Event) -> Recipient:
+    """The contact a contact event carries, read as the projection keeps it."""
+    contact = event.data.get("contact") or {}
+    emails = contact.get("emails") or []
+    return Recipient(
+        event.subject,
+        str(emails[0]) if emails else "",
+        str(contact.get("first_name", "")),
+        str(contact.get("last_name", "")),
+        str(contact.get("owner_id", "")),
+    )
+
+
 async def _contact_changed(conn: db.Conn, event: Event) -> None:
     if not await projections.advance(conn, _CONTACT_PROJECTION, event):
         return
@@ -60,8 +73,7 @@ async def _contact_changed(conn: db.Conn, event: Event) -> None:
             (event.tenant_id, event.subject),
         )
         return
-    contact = event.data.get("contact") or {}
-    emails = contact.get("emails") or []
+    found = recipient_from_event(event)
     await conn.execute(
         "INSERT INTO contacts (tenant_id, id, email, first_name, last_name, owner_id)"
         " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, id) DO UPDATE"
@@ -69,11 +81,11 @@ async def _contact_changed(conn: db.Conn, event: Event) -> None:
         " last_name = EXCLUDED.last_name, owner_id = EXCLUDED.owner_id",
         (
             event.tenant_id,
-            event.subject,
-            str(emails[0]) if emails else "",
-            str(contact.get("first_name", "")),
-            str(contact.get("last_name", "")),
-            str(contact.get("owner_id", "")),
+            found.contact_id,
+            found.email,
+            found.first_name,
+            found.last_name,
+            found.owner_id,
         ),
     )
 

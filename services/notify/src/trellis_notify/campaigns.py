@@ -23,11 +23,11 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from crm.contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from crmkit import db
+from crmkit import contract, db
 from crmkit.client import Callee
 from crmkit.clock import Clock
 from crmkit.errors import FailedPrecondition, Invalid, NotFound, ServiceError
-from crmkit.ids import canonical_uuid, new_id
+from crmkit.ids import canonical_uuid, known_id, new_id
 from crmkit.text import one_line, required
 from trellis_notify import audience, mail_store
 from trellis_notify.templates import Values
@@ -36,8 +36,11 @@ from trellis_notify.unsubscribe import Links
 log = logging.getLogger(__name__)
 
 DEFAULT_RATE = 60
-# The one scope notify claims as itself (its key's JWK must allow it: tokenScopes in values).
-READ_CONTACTS = "contacts:read"
+# The one scope notify claims as itself, read from the contract so that it follows what
+# ListContacts declares (its key's JWK must allow it: tokenScopes in values).
+READ_CONTACTS = contract.required_scope(
+    contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"].methods_by_name["ListContacts"]
+)
 _STAGES = frozenset(
     n.removeprefix("LIFECYCLE_STAGE_")
     for n in contacts_pb2.LifecycleStage.DESCRIPTOR.values_by_name
@@ -104,14 +107,13 @@ def new_campaign(
     audience: Audience,
     schedule_time: datetime | None,
     rate_per_minute: int,
-    prefix: str = "campaign",
 ) -> CampaignFields:
     out: list[tuple[str, str]] = []
-    name = required(name, f"{prefix}.name", out)
+    name = required(name, "campaign.name", out)
     template = canonical_uuid(template_id.strip())
     if template is None:
-        out.append((f"{prefix}.template_id", "no such template"))
-    where = f"{prefix}.audience"
+        out.append(("campaign.template_id", "no such template"))
+    where = "campaign.audience"
     ids = []
     for i, raw in enumerate(audience.contact_ids):
         known = canonical_uuid(raw.strip())
@@ -182,26 +184,28 @@ def _campaign(row: dict[str, Any], totals: Totals | None = None) -> Campaign:
     )
 
 
-async def _totals(conn: db.Conn, tenant_id: str, campaign_id: str) -> Totals:
+async def _with_totals(conn: db.Conn, tenant_id: str, rows: list[dict[str, Any]]) -> list[Campaign]:
+    """The campaigns of `rows` with their totals, counted in one query for the whole page."""
     cur = await conn.execute(
-        "SELECT count(*) AS recipients,"
+        "SELECT campaign_id, count(*) AS recipients,"
         " count(*) FILTER (WHERE status = 'pending') AS pending,"
         " count(*) FILTER (WHERE status = 'queued') AS queued,"
         " count(*) FILTER (WHERE status = 'skipped') AS skipped"
-        " FROM campaign_recipients WHERE tenant_id = %s AND campaign_id = %s",
-        (tenant_id, campaign_id),
+        " FROM campaign_recipients WHERE tenant_id = %s AND campaign_id = ANY(%s)"
+        " GROUP BY campaign_id",
+        (tenant_id, [r["id"] for r in rows]),
     )
-    row = await cur.fetchone()
-    assert row is not None
-    return Totals(row["recipients"], row["pending"], row["queued"], row["skipped"])
+    totals = {
+        t["campaign_id"]: Totals(t["recipients"], t["pending"], t["queued"], t["skipped"])
+        for t in await cur.fetchall()
+    }
+    return [_campaign(r, totals.get(r["id"])) for r in rows]
 
 
 async def _select(
     conn: db.Conn, tenant_id: str, campaign_id: str, lock: str = ""
 ) -> dict[str, Any]:
-    known = canonical_uuid(campaign_id)
-    if known is None:
-        raise NotFound("campaign", campaign_id)
+    known = known_id("campaign", campaign_id)
     cur = await conn.execute(
         sql.SQL("SELECT {columns} FROM campaigns WHERE tenant_id = %s AND id = %s {lock}").format(
             columns=_COLUMNS, lock=sql.SQL(lock)
@@ -246,7 +250,7 @@ async def create(pool: db.Pool, tenant_id: str, fields: CampaignFields, at: date
 async def get(pool: db.Pool, tenant_id: str, campaign_id: str) -> Campaign:
     async with db.tenant_tx(pool, tenant_id) as conn:
         row = await _select(conn, tenant_id, campaign_id)
-        return _campaign(row, await _totals(conn, tenant_id, str(row["id"])))
+        return (await _with_totals(conn, tenant_id, [row]))[0]
 
 
 async def list_campaigns(
@@ -259,7 +263,7 @@ async def list_campaigns(
     async with db.tenant_tx(pool, tenant_id) as conn:
         cur = await conn.execute(query, {"tenant_id": tenant_id, "after": after, "limit": limit})
         rows = await cur.fetchall()
-        return [_campaign(r, await _totals(conn, tenant_id, str(r["id"]))) for r in rows]
+        return await _with_totals(conn, tenant_id, rows)
 
 
 _MOVES = {
@@ -287,7 +291,7 @@ async def move(pool: db.Pool, tenant_id: str, campaign_id: str, verb: str) -> Ca
             moved = await cur.fetchone()
             assert moved is not None
             row = moved
-        return _campaign(row, await _totals(conn, tenant_id, str(row["id"])))
+        return (await _with_totals(conn, tenant_id, [row]))[0]
 
 
 async def recipients(

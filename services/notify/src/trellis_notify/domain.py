@@ -15,10 +15,8 @@ from functools import cache
 from typing import Any
 
 from crmkit import text
-from crmkit.errors import Invalid
+from crmkit.errors import Invalid, Violation
 from trellis_notify import ssrf
-
-Violation = tuple[str, str]
 
 # Lower-case CloudEvents type characters, and "*" matching any run of them (dots included).
 _PATTERN = re.compile(r"[a-z0-9_.*]+")
@@ -60,7 +58,7 @@ WRITABLE = frozenset(f for f in WebhookFields.__dataclass_fields__)
 
 
 def normalize_webhook(
-    draft: WebhookFields, paths: Collection[str], allow_private: bool, prefix: str = "webhook"
+    draft: WebhookFields, paths: Collection[str], allow_private: bool
 ) -> WebhookFields:
     """Trim and check the fields named in `paths`; raise Invalid naming every bad one."""
     out: list[Violation] = []
@@ -68,17 +66,17 @@ def normalize_webhook(
     if "url" in paths:
         url = draft.url.strip()
         if not url:
-            out.append((f"{prefix}.url", "must not be empty"))
+            out.append(("webhook.url", "must not be empty"))
         else:
             try:
                 ssrf.check_url(url, allow_private)
             except ssrf.AddressRefusedError as err:
-                out.append((f"{prefix}.url", str(err)))
+                out.append(("webhook.url", str(err)))
         changes["url"] = url
     if "description" in paths:
-        changes["description"] = text.one_line(draft.description, f"{prefix}.description", out)
+        changes["description"] = text.one_line(draft.description, "webhook.description", out)
     if "event_types" in paths:
-        changes["event_types"] = patterns(draft.event_types, f"{prefix}.event_types", out)
+        changes["event_types"] = patterns(draft.event_types, "webhook.event_types", out)
     if out:
         raise Invalid(out)
     return replace(draft, **changes)

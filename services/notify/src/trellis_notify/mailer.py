@@ -23,7 +23,7 @@ import aiosmtplib
 from crmkit import db
 from crmkit.clock import Clock, system_clock
 from trellis_notify import mail_store
-from trellis_notify.domain import Answer, RetryPolicy
+from trellis_notify.domain import RetryPolicy
 from trellis_notify.mail_store import Claim, Outgoing
 from trellis_notify.metrics import EMAILS
 from trellis_notify.queue import QueueWorker
@@ -132,11 +132,13 @@ class Mailer(QueueWorker[Claim]):
             await self._record(item, "sent", "", attempts)
 
     async def _retry(self, item: Claim, why: str, attempts: int) -> None:
-        verdict = self._policy.judge(Answer(error=why), attempts, self._clock())
-        if verdict.next_attempt_at is None:
+        delay = self._policy.delay(attempts, None)
+        if delay is None:
             await self._record(item, "failed", why, attempts)
         else:
-            await self._record(item, "queued", why, attempts, verdict.next_attempt_at)
+            await self._record(
+                item, "queued", why, attempts, self._clock() + timedelta(seconds=delay)
+            )
 
     async def _record(
         self,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 from crm.notify.v1 import notify_pb2
 from crmkit.errors import Invalid
-from crmkit.protomap import stamp
+from crmkit.protomap import enum_from_proto, proto_name, stamp
 from trellis_notify import campaigns, rules, templates
 from trellis_notify.audience import Suppression
 from trellis_notify.domain import Webhook, WebhookFields
@@ -21,11 +22,31 @@ _STATUS_TO_PROTO = {
     "dead": notify_pb2.DELIVERY_STATUS_DEAD_LETTERED,
 }
 _STATUS_FROM_PROTO: dict[int, str] = {
-    notify_pb2.DELIVERY_STATUS_PENDING: "pending",
-    notify_pb2.DELIVERY_STATUS_DELIVERED: "delivered",
-    notify_pb2.DELIVERY_STATUS_FAILED: "failed",
-    notify_pb2.DELIVERY_STATUS_DEAD_LETTERED: "dead",
+    number: name for name, number in _STATUS_TO_PROTO.items() if name != "sending"
 }
+
+
+V = TypeVar("V", bound=int)  # a proto enum's ValueType
+
+
+def _by_name(values: Iterable[tuple[str, V]], prefix: str) -> dict[str, V]:
+    """Stored names that are the proto names' lower-case suffixes, so a new value cannot be
+    missed."""
+    return {
+        name.removeprefix(prefix).lower(): number
+        for name, number in values
+        if name != prefix + "UNSPECIFIED"
+    }
+
+
+def _filter_status(table: Mapping[int, str], what: str, number: int, path: str) -> str | None:
+    """The stored status a filter asks for; None for UNSPECIFIED (no filter)."""
+    if number == 0:
+        return None
+    found = table.get(number)
+    if found is None:
+        raise Invalid([(path, f"unknown {what} {number}")])
+    return found
 
 
 def webhook_draft(msg: notify_pb2.Webhook) -> WebhookFields:
@@ -58,13 +79,7 @@ def webhook_to_proto(webhook: Webhook, *, with_secret: bool = False) -> notify_p
 
 
 def status_from_proto(number: int, path: str) -> str | None:
-    """The stored status a filter asks for; None for UNSPECIFIED (no filter)."""
-    if number == notify_pb2.DELIVERY_STATUS_UNSPECIFIED:
-        return None
-    found = _STATUS_FROM_PROTO.get(number)
-    if found is None:
-        raise Invalid([(path, f"unknown delivery status {number}")])
-    return found
+    return _filter_status(_STATUS_FROM_PROTO, "delivery status", number, path)
 
 
 def _attempt_to_proto(attempt: Attempt) -> notify_pb2.WebhookAttempt:
@@ -98,11 +113,7 @@ def delivery_to_proto(delivery: Delivery) -> notify_pb2.WebhookDelivery:
     return msg
 
 
-_REASONS = {
-    "unsubscribed": notify_pb2.SUPPRESSION_REASON_UNSUBSCRIBED,
-    "bounced": notify_pb2.SUPPRESSION_REASON_BOUNCED,
-    "manual": notify_pb2.SUPPRESSION_REASON_MANUAL,
-}
+_REASONS = _by_name(notify_pb2.SuppressionReason.items(), "SUPPRESSION_REASON_")
 
 
 def suppression_to_proto(entry: Suppression) -> notify_pb2.Suppression:
@@ -157,12 +168,7 @@ _EMAIL_STATUS_FROM_PROTO: dict[int, str] = {
 
 
 def email_status_from_proto(number: int, path: str) -> str | None:
-    if number == notify_pb2.EMAIL_STATUS_UNSPECIFIED:
-        return None
-    found = _EMAIL_STATUS_FROM_PROTO.get(number)
-    if found is None:
-        raise Invalid([(path, f"unknown email status {number}")])
-    return found
+    return _filter_status(_EMAIL_STATUS_FROM_PROTO, "email status", number, path)
 
 
 def email_to_proto(email: Email) -> notify_pb2.Email:
@@ -188,35 +194,26 @@ _OPERATOR = "CONDITION_OPERATOR_"
 _RECIPIENT = "RECIPIENT_KIND_"
 
 
-def _member(name: str, prefix: str, kind: type[rules.Operator] | type[rules.Recipient]) -> Any:
-    return kind.__members__.get(name.removeprefix(prefix))
-
-
 def rule_draft(msg: notify_pb2.Rule) -> rules.RuleFields:
-    def operator(number: notify_pb2.ConditionOperator.ValueType) -> rules.Operator | None:
-        try:
-            found: rules.Operator | None = _member(
-                notify_pb2.ConditionOperator.Name(number), _OPERATOR, rules.Operator
-            )
-        except ValueError:  # proto3 enums are open: any number can arrive
-            return None
-        return found
-
-    try:
-        recipient: rules.Recipient | None = _member(
-            notify_pb2.RecipientKind.Name(msg.action.recipient), _RECIPIENT, rules.Recipient
-        )
-    except ValueError:
-        recipient = None
+    # Lenient on purpose: an unknown number reads as unset, which rules.normalize names.
     return rules.RuleFields(
         name=msg.name,
         event_type=msg.event_type,
         conditions=tuple(
-            rules.Condition(c.field, operator(c.operator), tuple(c.values)) for c in msg.conditions
+            rules.Condition(
+                c.field,
+                enum_from_proto(
+                    notify_pb2.ConditionOperator.Name, c.operator, _OPERATOR, rules.Operator
+                ),
+                tuple(c.values),
+            )
+            for c in msg.conditions
         ),
         action=rules.Action(
             template_id=msg.action.template_id,
-            recipient=recipient,
+            recipient=enum_from_proto(
+                notify_pb2.RecipientKind.Name, msg.action.recipient, _RECIPIENT, rules.Recipient
+            ),
             address=msg.action.address,
             contact_field=msg.action.contact_field,
             webhook_id=msg.action.webhook_id,
@@ -234,18 +231,14 @@ def rule_to_proto(rule: rules.Rule) -> notify_pb2.Rule:
         conditions=[
             notify_pb2.Condition(
                 field=c.field,
-                operator=notify_pb2.ConditionOperator.Value(
-                    _OPERATOR + (c.operator.name if c.operator else "UNSPECIFIED")
-                ),
+                operator=notify_pb2.ConditionOperator.Value(proto_name(c.operator, _OPERATOR)),
                 values=c.values,
             )
             for c in f.conditions
         ],
         action=notify_pb2.RuleAction(
             template_id=action.template_id,
-            recipient=notify_pb2.RecipientKind.Value(
-                _RECIPIENT + (action.recipient.name if action.recipient else "UNSPECIFIED")
-            ),
+            recipient=notify_pb2.RecipientKind.Value(proto_name(action.recipient, _RECIPIENT)),
             address=action.address,
             contact_field=action.contact_field,
             webhook_id=action.webhook_id,
@@ -259,13 +252,7 @@ def rule_to_proto(rule: rules.Rule) -> notify_pb2.Rule:
     return msg
 
 
-_CAMPAIGN_STATES = {
-    "scheduled": notify_pb2.CAMPAIGN_STATE_SCHEDULED,
-    "running": notify_pb2.CAMPAIGN_STATE_RUNNING,
-    "paused": notify_pb2.CAMPAIGN_STATE_PAUSED,
-    "completed": notify_pb2.CAMPAIGN_STATE_COMPLETED,
-    "cancelled": notify_pb2.CAMPAIGN_STATE_CANCELLED,
-}
+_CAMPAIGN_STATES = _by_name(notify_pb2.CampaignState.items(), "CAMPAIGN_STATE_")
 
 
 def audience_draft(msg: notify_pb2.Audience) -> campaigns.Audience:

@@ -48,10 +48,6 @@ class QueueWorker(ABC, Generic[T]):
     def finished(self, item: T) -> None:
         """Called when a job ends."""
 
-    def wake(self) -> None:
-        """Look for due rows now."""
-        self._wake.set()
-
     async def run(self) -> None:
         listener = asyncio.create_task(
             listen.wake_on_notify(self._pool, self._channel, self._wake, self._stopping),

@@ -21,7 +21,7 @@ from crmkit import db, updates
 from crmkit.clock import Clock
 from crmkit.consumer import Event, Handler
 from crmkit.errors import Invalid, NotFound, check_etag
-from crmkit.ids import canonical_uuid, new_id
+from crmkit.ids import canonical_uuid, known_id, new_id
 from trellis_notify import audience, cloudevent, mail_store, rules, store
 from trellis_notify.rules import Action, Condition, Operator, Recipient, Rule, RuleFields
 from trellis_notify.templates import Values
@@ -87,9 +87,7 @@ async def _check_targets(conn: db.Conn, tenant_id: str, action: Action) -> None:
 
 
 async def _select(conn: db.Conn, tenant_id: str, rule_id: str, lock: str = "") -> Rule:
-    known = canonical_uuid(rule_id)
-    if known is None:
-        raise NotFound("rule", rule_id)
+    known = known_id("rule", rule_id)
     cur = await conn.execute(
         sql.SQL("SELECT {columns} FROM rules WHERE tenant_id = %s AND id = %s {lock}").format(
             columns=_COLUMNS, lock=sql.SQL(lock)
@@ -207,15 +205,7 @@ async def _recipient(
         event.data.get("contact"), dict
     ):
         # The event carries the contact itself: no need to wait for the projection.
-        contact = event.data["contact"]
-        emails = contact.get("emails") or []
-        found = audience.Recipient(
-            event.subject,
-            str(emails[0]) if emails else "",
-            str(contact.get("first_name", "")),
-            str(contact.get("last_name", "")),
-            str(contact.get("owner_id", "")),
-        )
+        found = audience.recipient_from_event(event)
     else:
         contact_id = rules.lookup(event.data, action.contact_field or f"{entity}.contact_id")
         known = canonical_uuid(contact_id) if isinstance(contact_id, str) else None

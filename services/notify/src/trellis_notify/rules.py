@@ -14,11 +14,9 @@ from enum import StrEnum
 from typing import Any
 
 from crmkit import text
-from crmkit.errors import Invalid
-from crmkit.ids import canonical_uuid
+from crmkit.errors import Invalid, Violation
+from crmkit.ids import reference
 from trellis_notify import domain
-
-Violation = tuple[str, str]
 
 _PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 _MISSING = object()
@@ -78,22 +76,20 @@ class Rule:
 WRITABLE = frozenset(RuleFields.__dataclass_fields__)
 
 
-def normalize(
-    draft: RuleFields, paths: Sequence[str] | frozenset[str], prefix: str = "rule"
-) -> RuleFields:
+def normalize(draft: RuleFields, paths: Sequence[str] | frozenset[str]) -> RuleFields:
     """Check the fields named in `paths`; raise Invalid naming every bad one."""
     out: list[Violation] = []
     changes: dict[str, Any] = {}
     if "name" in paths:
-        changes["name"] = text.required(draft.name, f"{prefix}.name", out)
+        changes["name"] = text.required(draft.name, "rule.name", out)
     if "event_type" in paths:
-        changes["event_type"] = domain.pattern(draft.event_type, f"{prefix}.event_type", out)
+        changes["event_type"] = domain.pattern(draft.event_type, "rule.event_type", out)
     if "conditions" in paths:
         changes["conditions"] = tuple(
-            _condition(c, f"{prefix}.conditions[{i}]", out) for i, c in enumerate(draft.conditions)
+            _condition(c, f"rule.conditions[{i}]", out) for i, c in enumerate(draft.conditions)
         )
     if "action" in paths:
-        changes["action"] = _action(draft.action, f"{prefix}.action", out)
+        changes["action"] = _action(draft.action, "rule.action", out)
     if out:
         raise Invalid(out)
     return replace(draft, **changes)
@@ -122,12 +118,11 @@ def _action(action: Action, path: str, out: list[Violation]) -> Action:
     if bool(template_id) == bool(webhook_id):
         out.append((path, "needs a template_id (send an email) or a webhook_id, not both"))
         return action
-    for value, name in ((template_id, "template_id"), (webhook_id, "webhook_id")):
-        if value and canonical_uuid(value) is None:
-            out.append((f"{path}.{name}", f"no such {name.removesuffix('_id')}"))
+    template_id = reference(template_id, f"{path}.template_id", out, "template")
+    webhook_id = reference(webhook_id, f"{path}.webhook_id", out, "webhook")
     address, contact_field = action.address.strip(), action.contact_field.strip()
     if webhook_id:
-        return Action(webhook_id=canonical_uuid(webhook_id) or webhook_id)
+        return Action(webhook_id=webhook_id)
     if action.recipient is None:
         out.append((f"{path}.recipient", "must be CONTACT, OWNER or ADDRESS"))
     if action.recipient is Recipient.ADDRESS:
@@ -137,7 +132,7 @@ def _action(action: Action, path: str, out: list[Violation]) -> Action:
     if contact_field and not _PATH.fullmatch(contact_field):
         out.append((f"{path}.contact_field", "a dotted path into the event's data"))
     return Action(
-        template_id=canonical_uuid(template_id) or template_id,
+        template_id=template_id,
         recipient=action.recipient,
         address=address,
         contact_field=contact_field,

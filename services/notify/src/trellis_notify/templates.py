@@ -19,11 +19,9 @@ from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from crmkit import text
-from crmkit.errors import Invalid
+from crmkit.errors import Invalid, Violation
 from trellis_notify import domain
 from trellis_notify.audience import TRANSACTIONAL
-
-Violation = tuple[str, str]
 
 MAX_RENDERED_CHARS = 1_000_000
 _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
@@ -91,36 +89,32 @@ def _compiles(source: str, html: bool, path: str, out: list[Violation]) -> None:
         out.append((path, f"line {err.lineno}: {err.message}"))
 
 
-def normalize(
-    draft: TemplateFields, paths: Sequence[str] | frozenset[str], prefix: str = "template"
-) -> TemplateFields:
+def normalize(draft: TemplateFields, paths: Sequence[str] | frozenset[str]) -> TemplateFields:
     """Check the fields named in `paths` (and the whole record's rules); raise Invalid."""
     out: list[Violation] = []
     changes: dict[str, Any] = {}
     if "name" in paths:
-        changes["name"] = text.required(draft.name, f"{prefix}.name", out)
+        changes["name"] = text.required(draft.name, "template.name", out)
     if "purpose" in paths:
-        changes["purpose"] = (
-            domain.purpose(draft.purpose, f"{prefix}.purpose", out) or TRANSACTIONAL
-        )
+        changes["purpose"] = domain.purpose(draft.purpose, "template.purpose", out) or TRANSACTIONAL
     if "contents" in paths:
-        changes["contents"] = _contents(draft.contents, f"{prefix}.contents", out)
+        changes["contents"] = _contents(draft.contents, "template.contents", out)
     if "default_locale" in paths:
         locale = draft.default_locale.strip()
         if locale and not _LOCALE.fullmatch(locale):
-            out.append((f"{prefix}.default_locale", "not a language tag, e.g. en or de-CH"))
+            out.append(("template.default_locale", "not a language tag, e.g. en or de-CH"))
         changes["default_locale"] = locale
     if out:
         raise Invalid(out)
     return replace(draft, **changes)
 
 
-def finish(fields_: TemplateFields, prefix: str = "template") -> TemplateFields:
+def finish(fields_: TemplateFields) -> TemplateFields:
     """The whole-record rule: the default locale is one of the contents' (the first's if unset)."""
     locales = [c.locale for c in fields_.contents]
     default = fields_.default_locale or (locales[0] if locales else "")
     if default not in locales:
-        raise Invalid([(f"{prefix}.default_locale", f"must be one of {', '.join(locales)}")])
+        raise Invalid([("template.default_locale", f"must be one of {', '.join(locales)}")])
     return replace(fields_, default_locale=default)
 
 
@@ -137,9 +131,7 @@ def _contents(contents: Sequence[Content], path: str, out: list[Violation]) -> t
         elif locale.lower() in seen:
             out.append((f"{at}.locale", "a second content for this locale"))
         seen.append(locale.lower())
-        subject = text.one_line(content.subject, f"{at}.subject", out)
-        if not subject:
-            out.append((f"{at}.subject", "must not be empty"))
+        subject = text.required(content.subject, f"{at}.subject", out)
         if not content.text.strip() and not content.html.strip():
             out.append((at, "needs a text or an HTML body"))
         _compiles(subject, False, f"{at}.subject", out)

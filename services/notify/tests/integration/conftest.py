@@ -23,6 +23,7 @@ from trellis_devstack import testing
 from trellis_devstack.capture import Mailbox
 from trellis_devstack.infra import Nats, Postgres, free_port
 from trellis_notify.app import definition
+from trellis_notify.campaigns import READ_CONTACTS
 
 from .support import KEY, NOTIFY_KEY, Clock, Contacts, Receiver, Running, Tenant, settings_for
 
@@ -61,7 +62,7 @@ async def contacts(postgres: Postgres, notify_nats: Nats) -> AsyncIterator[Conta
             "shutdown_grace_seconds": 2,
             "NATS_URL": notify_nats.url,
             "INTERNAL_TOKEN_PUBLIC_KEYS": auth.jwks(
-                KEY.public_jwk(), NOTIFY_KEY.public_jwk(["contacts:read"])
+                KEY.public_jwk(), NOTIFY_KEY.public_jwk([READ_CONTACTS])
             ),
         }
     )
