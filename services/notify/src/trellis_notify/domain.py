@@ -14,7 +14,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from crmkit import text
+from crmkit import text, updates
 from crmkit.errors import Invalid, Violation
 from trellis_notify import ssrf
 
@@ -54,7 +54,7 @@ class Webhook:
         return found
 
 
-WRITABLE = frozenset(f for f in WebhookFields.__dataclass_fields__)
+WRITABLE = updates.writable_paths(WebhookFields)
 
 
 def normalize_webhook(

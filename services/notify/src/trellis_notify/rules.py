@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from crmkit import text
+from crmkit import text, updates
 from crmkit.errors import Invalid, Violation
 from crmkit.ids import reference
 from trellis_notify import domain
@@ -73,7 +73,7 @@ class Rule:
     update_time: datetime
 
 
-WRITABLE = frozenset(RuleFields.__dataclass_fields__)
+WRITABLE = updates.writable_paths(RuleFields)
 
 
 def normalize(draft: RuleFields, paths: Sequence[str] | frozenset[str]) -> RuleFields:

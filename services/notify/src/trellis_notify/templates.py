@@ -18,7 +18,7 @@ from typing import Any
 from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
-from crmkit import text
+from crmkit import text, updates
 from crmkit.errors import Invalid, Violation
 from trellis_notify import domain
 from trellis_notify.audience import TRANSACTIONAL
@@ -74,7 +74,7 @@ class Rendered:
     html: str
 
 
-WRITABLE = frozenset(TemplateFields.__dataclass_fields__)
+WRITABLE = updates.writable_paths(TemplateFields)
 
 
 @lru_cache(maxsize=1024)
