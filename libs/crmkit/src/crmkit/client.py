@@ -97,13 +97,15 @@ class Callee:
         self._traced = telemetry.recording()
         self._timeout = timeout
         self._own_key = own_key
+        # Signed once per tenant and scopes for half a token's life, not once per call.
+        self._own_tokens = auth.TokenCache(own_key) if own_key is not None else None
 
     def as_itself(self, tenant_id: str, scopes: Iterable[str]) -> str:
         """An identity token of this service in `tenant_id` (for `call(..., token=)`)."""
-        if self._own_key is None:
+        if self._own_key is None or self._own_tokens is None:
             raise RuntimeError("this service has no key of its own to call as itself")
         ident = context.Identity(tenant_id, f"service:{self._own_key.issuer}", frozenset(scopes))
-        return auth.mint(ident, self._own_key)
+        return self._own_tokens.token(ident)
 
     async def call(
         self,

@@ -24,6 +24,14 @@ _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _PHONE_SEPARATORS = str.maketrans("", "", " -().")
 
 
+# A consent purpose, as contacts records it and notify asks for it ("marketing_email").
+_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def is_purpose(value: str) -> bool:
+    return _PURPOSE.fullmatch(value) is not None
+
+
 def is_email(value: str) -> bool:
     return bool(_EMAIL.fullmatch(value)) and len(value.partition("@")[0]) <= 64
 

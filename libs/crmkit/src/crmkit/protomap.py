@@ -46,16 +46,16 @@ def proto_name(member: Enum | None, prefix: str) -> str:
     return prefix + (member.name if member is not None else "UNSPECIFIED")
 
 
-def time_from_proto(msg: Message, name: str, path: str) -> datetime | None:
-    """The time in `msg`'s Timestamp field `name`, None when unset; Invalid at `path` when it
-    is no time at all."""
+def time_from_proto(msg: Message, name: str, path: str = "") -> datetime | None:
+    """The time in `msg`'s Timestamp field `name`, None when unset; Invalid at `path` (by
+    default the field's name: a request's own field) when it is no time at all."""
     if not msg.HasField(name):
         return None
     sent: timestamp_pb2.Timestamp = getattr(msg, name)
     try:
         return sent.ToDatetime(UTC)
     except (ValueError, OverflowError):  # seconds or nanos outside what a Timestamp may hold
-        raise invalid_field(path, "not a valid time") from None
+        raise invalid_field(path or name, "not a valid time") from None
 
 
 def stamp(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:

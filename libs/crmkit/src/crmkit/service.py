@@ -172,7 +172,6 @@ async def serve(
     )
     server = runtime.server
     health = runtime.health
-    await grpc_server.set_serving(health, [], serving=False)
     workers = await defn.wire(runtime)
     grpc_server.add_reflection(server, runtime.grpc_services)
     served = [s for s in runtime.grpc_services if s not in runtime.mirrored_health]

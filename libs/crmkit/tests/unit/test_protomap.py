@@ -63,11 +63,11 @@ def test_custom_values_round_trip_and_null_clears() -> None:
 
 def test_a_time_is_none_when_unset_and_invalid_when_out_of_range() -> None:
     unset = contacts_pb2.ListContactsRequest()
-    assert protomap.time_from_proto(unset, "updated_after", "updated_after") is None
+    assert protomap.time_from_proto(unset, "updated_after") is None
     at = datetime(2026, 1, 2, tzinfo=UTC)
     sent = contacts_pb2.ListContactsRequest()
     sent.updated_after.FromDatetime(at)
-    assert protomap.time_from_proto(sent, "updated_after", "updated_after") == at
+    assert protomap.time_from_proto(sent, "updated_after") == at
     sent.updated_after.seconds = 10**12
     with pytest.raises(Invalid) as exc:
         protomap.time_from_proto(sent, "updated_after", "filter.updated_after")

@@ -76,7 +76,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         filters = store.ContactFilter(
             tag=tag,
             company_id=company,
-            updated_after=time_from_proto(request, "updated_after", "updated_after"),
+            updated_after=time_from_proto(request, "updated_after"),
             lifecycle_stage=stage,
             email=text.filter_text(request.email, "email"),
         )
@@ -123,7 +123,7 @@ class ContactsApi(contacts_pb2_grpc.ContactsServiceServicer):
         self, request: contacts_pb2.ListCompaniesRequest, context: Ctx
     ) -> contacts_pb2.ListCompaniesResponse:
         size = paging.page_size(request.page_size)
-        updated_after = time_from_proto(request, "updated_after", "updated_after")
+        updated_after = time_from_proto(request, "updated_after")
         fingerprint: dict[str, object] = {"updated_after": updated_after}
         after = paging.after_id(request.page_token, fingerprint)
         rows = await store.list_companies(

@@ -333,7 +333,6 @@ def new_field_definition(
 
 # --- consent ----------------------------------------------------------------------------------
 
-_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # A little slack for the clocks of the systems that record consent on a contact's behalf.
 _CONSENT_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -385,7 +384,7 @@ def new_consent(
     """A checked consent; the enums are None when the request left them unspecified."""
     out: list[Violation] = []
     purpose = purpose.strip()
-    if not _PURPOSE.fullmatch(purpose):
+    if not contactinfo.is_purpose(purpose):
         out.append(
             (
                 f"{prefix}.purpose",

@@ -12,6 +12,7 @@ import importlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 from urllib.parse import unquote
 
@@ -514,6 +515,7 @@ def _is_standard_create(route: Route) -> bool:
     )
 
 
+@cache  # asked on every request; the answer is the route's
 def success_status(route: Route) -> int:
     """The status of a successful call: 204 without content, 201 for a Create, else 200."""
     if route.method.output_type.full_name == "google.protobuf.Empty":

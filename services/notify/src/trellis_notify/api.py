@@ -135,7 +135,7 @@ class NotifyApi(notify_pb2_grpc.NotifyServiceServicer):
         self, request: notify_pb2.ReplayWebhookRequest, context: Ctx
     ) -> notify_pb2.ReplayWebhookResponse:
         tenant_id = caller().tenant_id
-        start = time_from_proto(request, "start_time", "start_time")
+        start = time_from_proto(request, "start_time")
         if start is None:
             raise invalid_field("start_time", "required: events after this time are sent again")
         webhook = await store.get_webhook(self._pool, tenant_id, request.id)

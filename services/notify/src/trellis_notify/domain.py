@@ -14,7 +14,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from crmkit import text, updates
+from crmkit import contactinfo, text, updates
 from crmkit.errors import Invalid, Violation
 from trellis_notify import ssrf
 
@@ -201,7 +201,6 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 
 # --- mail -------------------------------------------------------------------------------------
 
-_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Enough to refuse what cannot be an address; contacts validates the addresses it stores.
 _EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]{1,64}@[^\s@\x00-\x1f\x7f]+\.[^\s@\x00-\x1f\x7f]+")
 
@@ -215,7 +214,7 @@ def email_address(value: str, path: str, out: list[Violation]) -> str:
 
 def purpose(value: str, path: str, out: list[Violation], *, required: bool = False) -> str:
     value = value.strip()
-    if (value or required) and not _PURPOSE.fullmatch(value):
+    if (value or required) and not contactinfo.is_purpose(value):
         out.append((path, "1-64 lower-case letters, digits or underscores, e.g. marketing_email"))
     return value
 

@@ -374,8 +374,8 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.GetFunnelReportRequest, context: Ctx
     ) -> sales_pb2.FunnelReport:
         start, end = reports.checked_range(
-            protomap.time_from_proto(request, "start_time", "start_time"),
-            protomap.time_from_proto(request, "end_time", "end_time"),
+            protomap.time_from_proto(request, "start_time"),
+            protomap.time_from_proto(request, "end_time"),
             "start_time",
             "end_time",
         )
@@ -392,8 +392,8 @@ class SalesApi(sales_pb2_grpc.SalesServiceServicer):
         self, request: sales_pb2.GetWinRateReportRequest, context: Ctx
     ) -> sales_pb2.WinRateReport:
         start, end = reports.checked_range(
-            protomap.time_from_proto(request, "start_time", "start_time"),
-            protomap.time_from_proto(request, "end_time", "end_time"),
+            protomap.time_from_proto(request, "start_time"),
+            protomap.time_from_proto(request, "end_time"),
             "start_time",
             "end_time",
         )

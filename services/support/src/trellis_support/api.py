@@ -50,7 +50,7 @@ MAX_REPORT_RANGE = timedelta(days=400)
 
 
 def _time(request: Message, field: str) -> datetime:
-    found = time_from_proto(request, field, field)
+    found = time_from_proto(request, field)
     if found is None:
         raise invalid_field(field, "required")
     return found
