@@ -337,9 +337,14 @@ async def test_stop_finishes_the_message_in_hand_and_returns_promptly_when_idle(
     assert order == ["released", "stopped"]  # it waited for the handler, and no longer
     await asyncio.wait_for(run, 5)
     assert await seen(pool, name) == [event_id]
-    info = await js.consumer_info(bus.STREAM, name)
-    assert info.num_ack_pending == 0  # acked, not left for redelivery
-    assert info.num_pending == 0
+
+    async def settled() -> bool:
+        # An ack is a message to the server, which counts it a moment after stop() returns.
+        info = await js.consumer_info(bus.STREAM, name)
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+    # Acked, not left for redelivery.
+    await h.eventually(settled, within=5, what="the ack of the message in hand")
 
     # Idle, with a ten-minute fetch outstanding: stop() does not wait it out.
     idle = Consumer(
