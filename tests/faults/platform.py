@@ -31,11 +31,14 @@ NATS_SERVER, POSTGRES = "nats-server", "postgres"
 PATIENCE_SECONDS = 120.0
 # Warnings and errors are what the logs are kept for.
 QUIET = {"LOG_LEVEL": "WARNING"}
-# Writers waiting for a table: INSERT, UPDATE and DELETE ask for ROW EXCLUSIVE on it (the
-# relay's SELECT ... FOR UPDATE asks for less, so it is not counted).
+# The writes under test waiting for a table: INSERTs (a record's event, a key's claim), which
+# ask for ROW EXCLUSIVE on it. UPDATEs and DELETEs ask for the same, but on these tables they
+# are the chassis' own (the periodic clean-up, a key's completion) and add no rows; the relay's
+# SELECT ... FOR UPDATE asks for less.
 _WRITERS_WAITING = (
-    "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'RowExclusiveLock'"
-    " AND relation = to_regclass(%s)"
+    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+    " WHERE NOT l.granted AND l.mode = 'RowExclusiveLock' AND l.relation = to_regclass(%s)"
+    " AND a.query ~* '^\\s*insert\\s'"
 )
 Conn = psycopg.AsyncConnection[Any]
 
